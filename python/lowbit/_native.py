@@ -1,0 +1,192 @@
+"""The only importer of the compiled module ``lowbit._lowbit``.
+
+Every call into C++ goes through a function here. Each one converts its inputs once
+(detach, cpu, float32 / uint8 / int32, C-contiguous, zero-copy ``.numpy()`` where possible),
+allocates the outputs, and hands plain NumPy arrays to the binding, which refuses anything else
+(DESIGN.md section 3). Shapes are checked again in C++ with the argument named.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+try:
+    from lowbit import _lowbit as _C
+except ImportError as e:  # pragma: no cover - only without a build
+    raise ImportError(
+        "lowbit's compiled core (lowbit._lowbit) is missing: build it with `make setup` "
+        "(or `pip install .`); Eigen3 is needed: apt-get install libeigen3-dev"
+    ) from e
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+def as_f32(x: ArrayLike) -> np.ndarray:
+    """float32, C-contiguous NumPy view (copies only when dtype/layout/device require it)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.device.type != "cpu":
+            x = x.cpu()
+        if x.dtype != torch.float32:
+            x = x.float()
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def as_u8(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype != torch.uint8:
+            x = x.to(torch.uint8)
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def as_i32(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype != torch.int32:
+            x = x.to(torch.int32)
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.int32)
+
+
+def as_2d(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) view: a 1-D vector is one row, higher ranks keep their first axis."""
+    if x.ndim == 1:
+        return x.reshape(1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
+# --- threads and instruction sets -------------------------------------------------------
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for lowbit's C++ kernels (0 = OpenMP default). Results do not depend on it."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    return int(_C.get_num_threads())
+
+
+def detected_isa() -> str:
+    return str(_C.detected_isa())
+
+
+def active_isa() -> str:
+    return str(_C.active_isa())
+
+
+def set_isa(name: Optional[str]) -> None:
+    """Cap the kernel variant (``scalar``, ``avx2``, ``avx512``, ``avx512vnni``, ``amx``);
+    None goes back to ``LOWBIT_ISA`` or the best the CPU has."""
+    if name is None:
+        _C.reset_isa()
+    else:
+        _C.set_isa(name)
+
+
+# --- quant: uniform affine quantization --------------------------------------------------
+
+
+def _scales(scale: ArrayLike, zero: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    return as_2d(as_f32(scale)), as_2d(as_f32(zero))
+
+
+def quantize(x: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int) -> np.ndarray:
+    """Codes uint8 (rows, cols) of x (rows, cols); scale/zero (R, G) as in quant.h."""
+    xa = as_2d(as_f32(x))
+    s, z = _scales(scale, zero)
+    out = np.empty(xa.shape, dtype=np.uint8)
+    _C.quantize(xa, s, z, int(bits), out)
+    return out
+
+
+def dequantize(q: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int) -> np.ndarray:
+    qa = as_2d(as_u8(q))
+    s, z = _scales(scale, zero)
+    out = np.empty(qa.shape, dtype=np.float32)
+    _C.dequantize(qa, s, z, int(bits), out)
+    return out
+
+
+def fake_quantize(x: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int) -> np.ndarray:
+    xa = as_2d(as_f32(x))
+    s, z = _scales(scale, zero)
+    out = np.empty(xa.shape, dtype=np.float32)
+    _C.fake_quantize(xa, s, z, int(bits), out)
+    return out
+
+
+def lp_range_search(
+    x: ArrayLike,
+    bits: int,
+    *,
+    symmetric: bool = False,
+    p: float = 2.4,
+    n_grid: int = 80,
+    shrink: float = 0.01,
+    rows: int = 1,
+    groups: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero (rows, groups) minimising the Lp error of each unit (p <= 0: min-max).
+
+    ``rows`` is 1 (per tensor) or x's row count (per channel); ``groups`` splits each row.
+    """
+    xa = as_2d(as_f32(x))
+    scale = np.empty((rows, groups), dtype=np.float32)
+    zero = np.empty((rows, groups), dtype=np.float32)
+    _C.lp_range_search(xa, int(bits), bool(symmetric), float(p), int(n_grid), float(shrink), scale, zero)
+    return scale, zero
+
+
+def hessian_loss(dW: ArrayLike, H: ArrayLike) -> np.ndarray:
+    """Per output channel c: dW_c^T H dW_c, for dW (N, K) and H (K, K)."""
+    d = as_2d(as_f32(dW))
+    h = as_f32(H)
+    out = np.empty(d.shape[0], dtype=np.float32)
+    _C.hessian_loss(d, h, out)
+    return out
+
+
+# --- gram: streamed input statistics -----------------------------------------------------
+
+
+def gram_accumulate(X: ArrayLike, H: np.ndarray) -> None:
+    """H (d, d) += X^T X for rows X (n, d); H is a float32 array owned by the caller."""
+    _C.gram_accumulate(as_2d(as_f32(X)), H)
+
+
+def cross_gram_accumulate(A: ArrayLike, B: ArrayLike, C: np.ndarray) -> None:
+    """C (d, d) += A^T B for rows A, B (n, d)."""
+    _C.cross_gram_accumulate(as_2d(as_f32(A)), as_2d(as_f32(B)), C)
+
+
+def conv_gram_accumulate(
+    x: ArrayLike,
+    H: np.ndarray,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    x2: Optional[ArrayLike] = None,
+) -> None:
+    """H (groups, d, d) += Gram of x's im2col rows per group (cross-Gram with x2 if given)."""
+    _C.conv_gram_accumulate(
+        as_f32(x),
+        None if x2 is None else as_f32(x2),
+        tuple(kernel_size),
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        int(groups),
+        H,
+    )

@@ -1,0 +1,109 @@
+"""Plain NumPy twins of every C++ entry (slow and obvious; the tests hold the kernels to them).
+
+Each function here has the same name and meaning as the one in ``lowbit._native``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- quant ---------------------------------------------------------------------------------
+
+
+def _expand(p: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(R, G) per-unit parameters broadcast to (rows, cols)."""
+    p = np.asarray(p, dtype=np.float32).reshape(p.shape[0] if p.ndim else 1, -1)
+    R, G = p.shape
+    return np.broadcast_to(np.repeat(p, cols // G, axis=1), (rows, cols))
+
+
+def quantize(x, scale, zero, bits):
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1) if np.ndim(x) > 1 else np.asarray(x, np.float32).reshape(1, -1)
+    s, z = _expand(np.asarray(scale), *x.shape), _expand(np.asarray(zero), *x.shape)
+    q = np.round(x / s) + z
+    return np.clip(q, 0, 2**bits - 1).astype(np.uint8)
+
+
+def dequantize(q, scale, zero, bits):
+    q = np.asarray(q).reshape(len(q), -1) if np.ndim(q) > 1 else np.asarray(q).reshape(1, -1)
+    s, z = _expand(np.asarray(scale), *q.shape), _expand(np.asarray(zero), *q.shape)
+    return ((q.astype(np.float32) - z) * s).astype(np.float32)
+
+
+def fake_quantize(x, scale, zero, bits):
+    return dequantize(quantize(x, scale, zero, bits), scale, zero, bits)
+
+
+def _range_to_params(lo: float, hi: float, bits: int, symmetric: bool):
+    lo, hi = np.float32(lo), np.float32(hi)
+    qmax = np.float32(2**bits - 1)
+    if symmetric:
+        amax = max(-lo, hi)
+        s = np.float32(2.0) * amax / qmax if amax > 0 else np.float32(1.0)
+        return s, np.float32(2 ** (bits - 1))
+    s = (hi - lo) / qmax if hi > lo else np.float32(1.0)
+    return np.float32(s), np.float32(np.clip(np.round(-lo / np.float32(s)), 0, qmax))
+
+
+def lp_range_search(x, bits, *, symmetric=False, p=2.4, n_grid=80, shrink=0.01, rows=1, groups=1):
+    x = np.asarray(x, dtype=np.float32)
+    x = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
+    gsize = x.shape[1] // groups
+    scale = np.empty((rows, groups), np.float32)
+    zero = np.empty((rows, groups), np.float32)
+    n = n_grid if p > 0 else 1
+    for r in range(rows):
+        for g in range(groups):
+            unit = (x if rows == 1 else x[r : r + 1])[:, g * gsize : (g + 1) * gsize]
+            lo, hi = min(np.float32(0), unit.min()), max(np.float32(0), unit.max())
+            best = None
+            for k in range(n):
+                ratio = np.float32(1.0) - np.float32(k) * np.float32(shrink)
+                s, z = _range_to_params(lo * ratio, hi * ratio, bits, symmetric)
+                err = np.abs(unit - fake_quantize(unit, s, z, bits)).astype(np.float64)
+                e = float(np.sum(err**p))
+                if best is None or e < best[0]:
+                    best = (e, s, z)
+            scale[r, g], zero[r, g] = best[1], best[2]
+    return scale, zero
+
+
+def hessian_loss(dW, H):
+    dW = np.asarray(dW, np.float64).reshape(len(dW), -1)
+    return np.einsum("nk,kl,nl->n", dW, np.asarray(H, np.float64), dW).astype(np.float32)
+
+
+# --- gram ----------------------------------------------------------------------------------
+
+
+def gram(X):
+    X = np.asarray(X, np.float64)
+    return X.T @ X
+
+
+def cross_gram(A, B):
+    return np.asarray(A, np.float64).T @ np.asarray(B, np.float64)
+
+
+def im2col(x, kernel_size, stride, padding, dilation, groups):
+    """list over groups of (N*oh*ow, C/groups*kh*kw) rows, in conv_gram_accumulate's order."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    kh, kw = kernel_size
+    sh, sw = stride
+    ph, pw = padding
+    dh, dw = dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = np.empty((N, C, kh, kw, oh, ow))
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            cols[:, :, ky, kx] = xp[:, :, y0 : y0 + sh * (oh - 1) + 1 : sh, x0 : x0 + sw * (ow - 1) + 1 : sw]
+    cg = C // groups
+    out = []
+    for g in range(groups):
+        blk = cols[:, g * cg : (g + 1) * cg]  # N, cg, kh, kw, oh, ow
+        out.append(blk.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, cg * kh * kw))
+    return out
