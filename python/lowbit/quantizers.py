@@ -1,0 +1,177 @@
+"""Fake-quant modules: what ``lowbit.quantize`` swaps in for nn.Linear / nn.Conv2d.
+
+A quantized layer stores what a packed kernel needs and nothing it does not: integer weight
+codes (uint8, 0..2^b-1, shape (out, K) with K = in_features or in/groups*kh*kw), a scale and
+zero point per unit (``(1, 1)`` per tensor, ``(out, 1)`` per channel, ``(out, K/group_size)``
+per group), the bias, and an optional activation quantizer applied to the layer's input.
+The float weight is ``(codes - zero) * scale``, computed on the fly.
+
+Methods that learn something (AdaRound's soft rounding, AQuant's borders) set
+``layer.weight_override`` to a differentiable weight while they optimise and clear it after.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def expand_units(p: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(R, G) per-unit parameters broadcast to (rows, cols) (R in {1, rows}, G divides cols)."""
+    R, G = p.shape
+    return p.repeat_interleave(cols // G, dim=1).expand(rows, cols)
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """float32 (rows, cols) = (codes - zero) * scale, the exact twin of the C++ dequantize."""
+    rows, cols = codes.shape
+    return (codes.float() - expand_units(zero, rows, cols)) * expand_units(scale, rows, cols)
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round() forward, identity backward (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+class UniformActQuantizer(nn.Module):
+    """Per-tensor uniform affine fake quantizer for a layer's input.
+
+    ``x^ = s * (clamp(round(x / s) + z, 0, 2^b - 1) - z)``; unsigned inputs (after ReLU) get
+    z = 0. The backward pass is the straight-through estimator (LSQ-style gradient to ``scale``
+    when it is a Parameter).
+    """
+
+    def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False):
+        super().__init__()
+        self.bits = int(bits)
+        self.signed = bool(signed)
+        self.register_buffer("scale", torch.tensor([float(scale)]))
+        self.register_buffer("zero", torch.tensor([float(zero)]))
+        # QDrop: probability of quantizing each element while reconstructing (1 = always).
+        self.drop_prob = 1.0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << self.bits) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, z = self.scale, self.zero
+        q = torch.clamp(round_ste(x / s) + z, 0, self.qmax)
+        xq = (q - z) * s
+        if self.drop_prob < 1.0 and self.training:
+            keep = torch.rand_like(x) < self.drop_prob
+            xq = torch.where(keep, xq, x)
+        return xq
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}, scale={self.scale.item():.4g}"
+
+
+class QuantLayer(nn.Module):
+    """Common state of QuantLinear and QuantConv2d (see the module docstring)."""
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        w_bits: int,
+        weight_shape: tuple[int, ...],
+        act_quant: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        self.w_bits = int(w_bits)
+        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.register_buffer("codes", codes.to(torch.uint8).contiguous())
+        self.register_buffer("scale", scale.float().contiguous())
+        self.register_buffer("zero", zero.float().contiguous())
+        if bias is not None:
+            self.register_buffer("bias", bias.detach().float().clone())
+        else:
+            self.bias = None
+        self.act_quant = act_quant
+        self.weight_override: Optional[torch.Tensor] = None
+
+    @property
+    def granularity(self) -> str:
+        R, G = self.scale.shape
+        if R == 1 and G == 1:
+            return "tensor"
+        return "channel" if G == 1 else "group"
+
+    @property
+    def group_size(self) -> Optional[int]:
+        G = self.scale.shape[1]
+        return self.codes.shape[1] // G if G > 1 else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight the layer computes with, in the float module's shape."""
+        if self.weight_override is not None:
+            return self.weight_override
+        return dequantize_codes(self.codes, self.scale, self.zero).reshape(self.weight_shape)
+
+    def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, w_bits: int) -> None:
+        """Replace the quantized weight (e.g. after a method re-rounds it or changes its bits)."""
+        self.codes = codes.to(torch.uint8).contiguous()
+        self.scale = scale.float().contiguous()
+        self.zero = zero.float().contiguous()
+        self.w_bits = int(w_bits)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act_quant(x) if self.act_quant is not None else x
+
+    @property
+    def a_bits(self) -> Optional[int]:
+        return getattr(self.act_quant, "bits", None)
+
+
+class QuantLinear(QuantLayer):
+    """Fake-quant nn.Linear: ``F.linear(act_quant(x), (codes - zero) * scale, bias)``."""
+
+    def __init__(self, in_features: int, out_features: int, **kw):
+        super().__init__(weight_shape=(out_features, in_features), **kw)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantize_input(x), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"w_bits={self.w_bits}, granularity={self.granularity}")
+
+
+class QuantConv2d(QuantLayer):
+    """Fake-quant nn.Conv2d (any stride, padding, dilation, groups; zero padding only)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation,
+                 groups: int, **kw):
+        kh, kw_ = kernel_size
+        super().__init__(weight_shape=(out_channels, in_channels // groups, kh, kw_), **kw)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.padding = padding if isinstance(padding, str) else tuple(padding)
+        self.dilation = tuple(dilation)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.quantize_input(x), self.weight, self.bias, self.stride, self.padding,
+                        self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups}, w_bits={self.w_bits}, "
+                f"granularity={self.granularity}")
+
+
+def float_weight_2d(module: nn.Module) -> torch.Tensor:
+    """(out, K) float weight of an nn.Linear / nn.Conv2d / QuantLayer."""
+    w = module.weight.detach()
+    return w.reshape(w.shape[0], -1)
