@@ -1,6 +1,5 @@
 """The notebooks run as they are in git (outputs stripped there), in their quick setting."""
 
-import os
 from pathlib import Path
 
 import nbformat
