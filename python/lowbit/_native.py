@@ -96,7 +96,16 @@ def set_isa(name: str | None) -> None:
 
 
 def _scales(scale: ArrayLike, zero: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    return as_2d(as_f32(scale)), as_2d(as_f32(zero))
+    """scale and zero as (R, G); a scalar is per tensor. 1-D is refused: (R,) and (G,) both fit."""
+    out = []
+    for name, v in (("scale", scale), ("zero", zero)):
+        a = as_f32(v)
+        if a.ndim == 0:
+            a = a.reshape(1, 1)
+        elif a.ndim != 2:
+            raise ValueError(f"{name} must be a scalar or a (rows, groups) array, got shape {a.shape}")
+        out.append(a)
+    return out[0], out[1]
 
 
 def quantize(x: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int) -> np.ndarray:

@@ -61,7 +61,7 @@ def lp_range_search(x, bits, *, symmetric=False, p=2.4, n_grid=80, shrink=0.01, 
                 ratio = np.float32(1.0) - np.float32(k) * np.float32(shrink)
                 s, z = _range_to_params(lo * ratio, hi * ratio, bits, symmetric)
                 err = np.abs(unit - fake_quantize(unit, s, z, bits)).astype(np.float64)
-                e = float(np.sum(err**p))
+                e = float(np.sum(err**p)) if n > 1 else 0.0  # min-max: nothing to compare
                 if best is None or e < best[0]:
                     best = (e, s, z)
             scale[r, g], zero[r, g] = best[1], best[2]
