@@ -45,6 +45,7 @@ inline void unpack(const uint8_t* p, int h, __m256i* W) {
                                               2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
       const __m256i sel = _mm256_set1_epi64x(0x8040201008040201LL);
       const __m256i four = _mm256_set1_epi8(4);
+      _Pragma("GCC unroll 16")
       for (int i = 0; i < 4; ++i) {
         const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32(load_i32(p + 64 + 8 * i + 4 * h)), spread);
         const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(b, sel), sel);
@@ -86,16 +87,20 @@ void a8_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
   const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16);
   const __m256i nib = _mm256_set1_epi8(0x0F);
   __m256 y[MR];
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) y[m] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
     __m256i acc[MR];
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_si256();
     const uint8_t* p = tile + g * nblk * BB;
     const int8_t* xg = a.xq + m0 * a.Kp + g * a.gcols;
     for (int64_t b = 0; b < nblk; ++b) {
       __m256i W[NV];
       unpack<Bits>(p, h, W);
+      _Pragma("GCC unroll 16")
       for (int i = 0; i < NV; ++i)
+        _Pragma("GCC unroll 16")
         for (int m = 0; m < MR; ++m) {
           const __m256i xv = _mm256_set1_epi32(load_i32(xg + m * a.Kp + 4 * i));
           if constexpr (Bits == 8) {
@@ -113,6 +118,7 @@ void a8_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
     const int64_t u = (t * a.G + g) * 16 + 8 * h;
     const __m256i zv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u)));
     const __m256 s = _mm256_loadu_ps(a.scales + u);
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m) {
       const __m256i I = _mm256_sub_epi32(acc[m], _mm256_mullo_epi32(zv, _mm256_set1_epi32(a.xsum[(m0 + m) * a.G + g])));
       y[m] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(I), y[m]);
@@ -120,6 +126,7 @@ void a8_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
   }
   const int n = rows_left(a, t, h);
   const int64_t n0 = t * 16 + 8 * h;
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) {
     const int32_t d = a.xoff[m0 + m];
     __m256 v = y[m];
@@ -143,27 +150,33 @@ void f32_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
   const __m256i lane4 = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
   const __m256i sel1 = _mm256_add_epi32(pick1, lane4), sel2 = _mm256_add_epi32(pick2, lane4);
   __m256 y[MR];
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) y[m] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
     const int64_t u = (t * a.G + g) * 16 + 8 * h;
     const __m256 bias_z = _mm256_castsi256_ps(_mm256_or_si256(
         _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u))), magic));
     __m256 acc[MR][4];
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m)
+      _Pragma("GCC unroll 16")
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
     const uint8_t* p = tile + g * nblk * BB;
     const float* xg = a.x + m0 * a.ldx + g * a.gcols;
     for (int64_t b = 0; b < nblk; ++b) {
       __m256i W[NV];
       unpack<Bits>(p, h, W);
+      _Pragma("GCC unroll 16")
       for (int i = 0; i < NV; ++i) {
         __m256 wf[4];
         wf[0] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(W[i], low_byte), magic));
         wf[1] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel1), magic));
         wf[2] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel2), magic));
         wf[3] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(W[i], 24), magic));
+        _Pragma("GCC unroll 16")
         for (int j = 0; j < 4; ++j) {
           const __m256 d = _mm256_sub_ps(wf[j], bias_z);  // q - z, exact
+          _Pragma("GCC unroll 16")
           for (int m = 0; m < MR; ++m)
             acc[m][j] = _mm256_fmadd_ps(d, _mm256_set1_ps(xg[m * a.ldx + 4 * i + j]), acc[m][j]);
         }
@@ -172,6 +185,7 @@ void f32_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
       xg += KB;
     }
     const __m256 s = _mm256_loadu_ps(a.scales + u);
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m) {
       const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]),
                                        _mm256_add_ps(acc[m][2], acc[m][3]));
@@ -180,6 +194,7 @@ void f32_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
   }
   const int n = rows_left(a, t, h);
   const int64_t n0 = t * 16 + 8 * h;
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) {
     __m256 v = y[m];
     if (a.bias) v = _mm256_add_ps(v, load_rows(a.bias + n0, n));

@@ -1,7 +1,7 @@
 // AVX-512 VNNI (+VBMI) kernels for packed weights. One zmm of unpacked codes is 16 rows x 4
 // columns (pack.h), so:
 //   int8 path   vpdpbusd(acc, codes u8, 4 activations s8 broadcast) feeds 16 rows per step;
-//   fp32 path   vpermt2b / vpternlogd turn byte j of each lane into the float 2^23 + q, and
+//   fp32 path   a shift and a vpternlogd turn byte j of each lane into the float 2^23 + q, and
 //               subtracting 2^23 + z leaves q - z exactly; one FMA per column per 16 rows.
 // Operation order is qmatmul.h's (checked bit for bit against qmatmul_ref.cpp).
 #include <immintrin.h>
@@ -48,6 +48,7 @@ inline void unpack(const uint8_t* p, __m512i* W) {
     W[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), m);
     if constexpr (Bits == 3) {
       const __m512i four = _mm512_set1_epi8(4);
+      _Pragma("GCC unroll 16")
       for (int i = 0; i < 4; ++i)
         W[i] = _mm512_mask_add_epi8(W[i], load_mask64(p + 64 + 8 * i), W[i], four);
     }
@@ -68,10 +69,13 @@ void a8_tile(const QmmArgs& a, int64_t t, int64_t m0) {
   const uint8_t* tile = a.codes + t * a.tile_bytes;
   const int64_t nblk = a.gcols / KB;
   __m512 y[MR];
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) y[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
     __m512i acc[NACC][MR];
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NACC; ++c)
+      _Pragma("GCC unroll 16")
       for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_setzero_si512();
     const uint8_t* p = tile + g * nblk * BB;
     const int8_t* xg = a.xq + m0 * a.Kp + g * a.gcols;
@@ -79,8 +83,10 @@ void a8_tile(const QmmArgs& a, int64_t t, int64_t m0) {
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
       __m512i W[NV];
       unpack<Bits>(p, W);
+      _Pragma("GCC unroll 16")
       for (int i = 0; i < NV; ++i) {
         const int c = int((b * NV + i) % NACC);
+        _Pragma("GCC unroll 16")
         for (int m = 0; m < MR; ++m)
           acc[c][m] = _mm512_dpbusd_epi32(acc[c][m], W[i],
                                           _mm512_set1_epi32(load_i32(xg + m * a.Kp + 4 * i)));
@@ -91,14 +97,17 @@ void a8_tile(const QmmArgs& a, int64_t t, int64_t m0) {
     const int64_t u = (t * a.G + g) * 16;
     const __m512i zv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.zeros + u)));
     const __m512 s = _mm512_loadu_ps(a.scales + u);
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m) {
       __m512i I = acc[0][m];
+      _Pragma("GCC unroll 16")
       for (int c = 1; c < NACC; ++c) I = _mm512_add_epi32(I, acc[c][m]);
       I = _mm512_sub_epi32(I, _mm512_mullo_epi32(zv, _mm512_set1_epi32(a.xsum[(m0 + m) * a.G + g])));
       y[m] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(I), y[m]);
     }
   }
   const __mmask16 mask = row_mask(a, t);
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) {
     const int32_t d = a.xoff[m0 + m];
     __m512 v = y[m];
@@ -119,20 +128,17 @@ void f32_tile(const QmmArgs& a, int64_t t, int64_t m0) {
   const int64_t nblk = a.gcols / KB;
   const __m512i magic = _mm512_set1_epi32(0x4B000000);  // float 2^23
   const __m512i low_byte = _mm512_set1_epi32(0xFF);
-  const __m512i lane4 = _mm512_slli_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 2);
-  // vpermt2b controls: byte 0 of lane r <- code byte 4r+j, bytes 1..3 <- magic's 00 00 4B.
-  const __m512i sel1 = _mm512_add_epi32(lane4, _mm512_set1_epi32(0x43424101));
-  const __m512i sel2 = _mm512_add_epi32(lane4, _mm512_set1_epi32(0x43424102));
-  const __m512i sel3 = _mm512_add_epi32(lane4, _mm512_set1_epi32(0x43424103));
   __m512 y[MR];
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) y[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
     const int64_t u = (t * a.G + g) * 16;
     const __m512 bias_z = _mm512_castsi512_ps(_mm512_or_si512(
         _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.zeros + u))), magic));
     __m512 acc[MR][4];
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m)
+      _Pragma("GCC unroll 16")
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
     const uint8_t* p = tile + g * nblk * BB;
     const float* xg = a.x + m0 * a.ldx + g * a.gcols;
@@ -140,14 +146,17 @@ void f32_tile(const QmmArgs& a, int64_t t, int64_t m0) {
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
       __m512i W[NV];
       unpack<Bits>(p, W);
+      _Pragma("GCC unroll 16")
       for (int i = 0; i < NV; ++i) {
         __m512 wf[4];
         wf[0] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(W[i], low_byte, magic, 0xEA));
-        wf[1] = _mm512_castsi512_ps(_mm512_permutex2var_epi8(W[i], sel1, magic));
-        wf[2] = _mm512_castsi512_ps(_mm512_permutex2var_epi8(W[i], sel2, magic));
-        wf[3] = _mm512_castsi512_ps(_mm512_permutex2var_epi8(W[i], sel3, magic));
+        wf[1] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_srli_epi32(W[i], 8), low_byte, magic, 0xEA));
+        wf[2] = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_srli_epi32(W[i], 16), low_byte, magic, 0xEA));
+        wf[3] = _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32(W[i], 24), magic));
+        _Pragma("GCC unroll 16")
         for (int j = 0; j < 4; ++j) {
           const __m512 d = _mm512_sub_ps(wf[j], bias_z);  // q - z, exact
+          _Pragma("GCC unroll 16")
           for (int m = 0; m < MR; ++m)
             acc[m][j] = _mm512_fmadd_ps(d, _mm512_set1_ps(xg[m * a.ldx + 4 * i + j]), acc[m][j]);
         }
@@ -156,6 +165,7 @@ void f32_tile(const QmmArgs& a, int64_t t, int64_t m0) {
       xg += KB;
     }
     const __m512 s = _mm512_loadu_ps(a.scales + u);
+    _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m) {
       const __m512 sum = _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]),
                                        _mm512_add_ps(acc[m][2], acc[m][3]));
@@ -163,6 +173,7 @@ void f32_tile(const QmmArgs& a, int64_t t, int64_t m0) {
     }
   }
   const __mmask16 mask = row_mask(a, t);
+  _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) {
     __m512 v = y[m];
     if (a.bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, a.bias + t * 16));
