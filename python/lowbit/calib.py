@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lowbit import _native
@@ -138,19 +137,6 @@ def capture(modules: dict[str, nn.Module], on_input: Callable | None = None,
     finally:
         for h in hooks:
             h.remove()
-
-
-class StopForward(Exception):
-    """Raised by a hook to end a forward pass once what it needed is captured."""
-
-
-def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The (n, K) rows a layer multiplies its weight with: features for Linear, im2col for Conv2d
-    (single group only; grouped convs use gram_accumulate's own im2col)."""
-    if isinstance(module, nn.Conv2d) or hasattr(module, "kernel_size"):
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
 
 
 def accumulate_gram(module: nn.Module, x: torch.Tensor, H: np.ndarray, x2: torch.Tensor | None = None) -> None:
