@@ -133,8 +133,9 @@ def _digest(meta_json: str, tensors: dict[str, np.ndarray]) -> str:
 
 def save(model: nn.Module, path: str | Path) -> None:
     """Write a fake-quant or packed model (or any mix) to ``path`` (safetensors + JSON metadata)."""
-    import lowbit
     from safetensors.numpy import save as st_save
+
+    import lowbit
 
     report = getattr(model, "lowbit_report", None)
     methods: dict[str, str] = {}
