@@ -23,11 +23,28 @@ SHAPES = [(1, 1, 0), (5, 13, 0), (16, 64, 0), (37, 100, 0), (21, 96, 32), (40, 2
 BITS = [2, 3, 4, 8]
 
 
+# The same fixture as tests/conftest.py's ``isa`` (kept here so this file runs on its own):
+# every level up to the detected one, reset afterwards.
 @pytest.fixture(params=ISAS)
 def isa(request):
     _native.set_isa(request.param)
-    yield request.param
-    _native.set_isa(None)
+    try:
+        assert _native.active_isa() == request.param
+        yield request.param
+    finally:
+        _native.set_isa(None)
+
+
+def with_threads(fn, counts=(1, 2)):
+    """{n: fn() with n kernel threads}; the default (0 = OpenMP's) is restored afterwards."""
+    out = {}
+    try:
+        for n in counts:
+            _native.set_num_threads(n)
+            out[n] = fn()
+    finally:
+        _native.set_num_threads(0)
+    return out
 
 
 def make(bits, rows, cols, group_size, seed=0):
@@ -90,20 +107,85 @@ def test_static_int8_path_is_exact_integer_arithmetic(isa, bits):
     np.testing.assert_array_equal(y, exact.astype(np.float32))
 
 
-def test_thread_count_invariance():
-    p = make(4, 300, 512, 64)
-    x = np.random.default_rng(0).standard_normal((33, 512)).astype(np.float32)
-    before = _native.get_num_threads()
-    try:
-        outs = []
-        for t in (1, 2, 3):
-            _native.set_num_threads(t)
-            outs.append((_native.qmatmul(p, x), _native.qmatmul_a8(p, x), _native.qmatmul_a8(p, x, (0.05, 3.0, 8))))
-        for o in outs[1:]:
-            for a, b in zip(o, outs[0]):
-                np.testing.assert_array_equal(a, b)
-    finally:
-        _native.set_num_threads(before)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", [(300, 512, 64), (45, 200, 0)], ids=["300x512g64", "45x200ch"])
+def test_threads_give_identical_bits(isa, bits, shape):
+    """1 and 2 threads (and 3: an uneven split) give the same bits on every path."""
+    p = make(bits, *shape)
+    x = np.random.default_rng(0).standard_normal((33, shape[1])).astype(np.float32)
+
+    def run():
+        return (_native.qmatmul(p, x), _native.qmatmul(p, x[:1]), _native.qmatmul_a8(p, x),
+                _native.qmatmul_a8(p, x, (0.05, 3.0, 8)), _native.packed_row_sums(p),
+                _native.pack_weights(*_native.unpack_weights(p), bits, shape[2]).codes)
+
+    outs = with_threads(run, (1, 2, 3))
+    for n in (2, 3):
+        for a, b in zip(outs[n], outs[1]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("M", [64, 130])
+def test_gemm_batches(isa, bits, M):
+    """GEMM-sized batches (many register tiles plus a ragged last one) against the scalar bits."""
+    p = make(bits, 50, 192, 64, seed=M)
+    x = np.random.default_rng(M).standard_normal((M, 192)).astype(np.float32)
+    bias = np.random.default_rng(1).standard_normal(50).astype(np.float32)
+    got = run_all(p, x, bias, ACTS)
+    np.testing.assert_allclose(got["f32"], reference.qmatmul(*p.args(), x, bias), rtol=0,
+                               atol=2e-5 * np.abs(got["f32"]).max() * np.sqrt(192))
+    _native.set_isa("scalar")
+    ref = run_all(p, x, bias, ACTS)
+    _native.set_isa(isa)
+    for name in got:
+        np.testing.assert_array_equal(got[name].view(np.int32), ref[name].view(np.int32), err_msg=name)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("shape", SHAPES + [(33, 257, 0), (18, 384, 128)], ids=lambda s: "x".join(map(str, s)))
+def test_pack_matches_numpy_twin(bits, shape):
+    """C++ pack_weights writes exactly the bytes of reference.pack_weights; both unpackers give
+    the codes, scales and zero points back."""
+    rows, cols, gs = shape
+    rng = np.random.default_rng(bits + rows)
+    q = rng.integers(0, 2**bits, size=(rows, cols), dtype=np.uint8)
+    G = cols // gs if gs else 1
+    for R in {1, rows}:  # per-tensor parameters broadcast to every row
+        s = rng.uniform(0.01, 0.1, size=(R, G)).astype(np.float32)
+        z = rng.integers(0, 2**bits, size=(R, G)).astype(np.float32)
+        p = _native.pack_weights(q, s, z, bits, gs)
+        want = reference.pack_weights(q, s, z, bits, gs)
+        for got_a, want_a, name in zip(p.args()[:3], want, ("codes", "scales", "zeros")):
+            assert got_a.shape == want_a.shape, name
+            np.testing.assert_array_equal(got_a, want_a, err_msg=name)
+        for q2, s2, z2 in (_native.unpack_weights(p), reference.unpack_weights(*p.args())):
+            np.testing.assert_array_equal(q2, q)
+            np.testing.assert_array_equal(s2, np.broadcast_to(s, (rows, G)))
+            np.testing.assert_array_equal(z2, np.broadcast_to(z, (rows, G)))
+    lay = _native.packed_layout(bits, rows, cols, gs)
+    assert {k: lay[k] for k in reference.packed_layout(bits, rows, cols, gs)} == reference.packed_layout(bits, rows, cols, gs)
+
+
+def test_pack_refuses_bad_input():
+    q = np.zeros((4, 32), np.uint8)
+    one = np.ones((4, 1), np.float32)
+    with pytest.raises(ValueError, match="packed formats exist for 2, 3, 4 and 8 bits"):
+        _native.pack_weights(q, one, 0 * one, 5)
+    with pytest.raises(ValueError, match="does not fit in 2 bits"):
+        _native.pack_weights(q + 4, one, 0 * one, 2)
+    with pytest.raises(ValueError, match="zero points must be integers"):
+        _native.pack_weights(q, one, one + 0.5, 4)
+    with pytest.raises(ValueError, match="zero points must be integers"):
+        _native.pack_weights(q, one, one * 16, 4)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        _native.pack_weights(q, one * np.inf, 0 * one, 4)
+    with pytest.raises(ValueError, match="group_size must be a multiple of 16"):
+        _native.pack_weights(q, np.ones((4, 4), np.float32), np.zeros((4, 4), np.float32), 4, 8)
+    with pytest.raises(ValueError, match="does not divide"):
+        _native.pack_weights(np.zeros((4, 40), np.uint8), np.ones((4, 2), np.float32), np.zeros((4, 2), np.float32), 4, 16)
+    with pytest.raises(ValueError, match="groups per row"):
+        _native.pack_weights(q, one, 0 * one, 4, 16)
 
 
 def test_row_sums_matches_reference():
