@@ -237,15 +237,20 @@ def _build_act(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module |
     _need(isinstance(d, dict) and d.get("type") == "UniformActQuantizer", f"layer '{name}': unknown activation quantizer")
     bits = d.get("bits")
     _need(isinstance(bits, int) and 2 <= bits <= 8, f"layer '{name}': bad activation bits {bits!r}")
-    aq = UniformActQuantizer(bits, signed=bool(d.get("signed", False)))
-    aq.drop_prob = float(d.get("drop_prob", 1.0))
+    signed, drop = d.get("signed", False), d.get("drop_prob", 1.0)
+    _need(isinstance(signed, bool), f"layer '{name}': bad activation 'signed' {signed!r}")
+    _need(isinstance(drop, (int, float)) and not isinstance(drop, bool) and 0.0 <= drop <= 1.0,
+          f"layer '{name}': bad activation drop_prob {drop!r}")
+    aq = UniformActQuantizer(bits, signed=signed)
+    aq.drop_prob = float(drop)
     aq.scale = _tensor(tensors, f"{name}.act_quant.scale", np.float32, (1,))
     aq.zero = _tensor(tensors, f"{name}.act_quant.zero", np.float32, (1,))
     return aq
 
 
 def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module:
-    _need(isinstance(d, dict) and d.get("type") in _LAYER_TYPES, f"layer '{name}': unknown layer type")
+    _need(isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] in _LAYER_TYPES,
+          f"layer '{name}': unknown layer type")
     kind = d["type"]
     w_bits = d.get("w_bits")
     _need(isinstance(w_bits, int) and 2 <= w_bits <= 8, f"layer '{name}': bad w_bits {w_bits!r}")
@@ -253,16 +258,17 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
     _need(isinstance(args, dict), f"layer '{name}': missing constructor arguments")
     try:
         if kind.endswith("Linear"):
-            in_f, out_f = int(args["in_features"]), int(args["out_features"])
-            geo = (in_f, out_f)
+            in_f, out_f = _int(args["in_features"]), _int(args["out_features"])
+            geo: tuple = (in_f, out_f)
             N, K = out_f, in_f
         else:
-            cin, cout, groups = int(args["in_channels"]), int(args["out_channels"]), int(args["groups"])
-            ks = tuple(int(k) for k in args["kernel_size"])
-            _need(len(ks) == 2 and groups > 0 and cin % groups == 0, f"layer '{name}': bad conv geometry")
-            pad = args["padding"] if isinstance(args["padding"], str) else tuple(int(p) for p in args["padding"])
-            geo = (cin, cout, ks, tuple(int(s) for s in args["stride"]), pad,
-                   tuple(int(x) for x in args["dilation"]), groups)
+            cin, cout, groups = _int(args["in_channels"]), _int(args["out_channels"]), _int(args["groups"])
+            ks, stride, dil = _ints(args["kernel_size"]), _ints(args["stride"]), _ints(args["dilation"])
+            pad = args["padding"]
+            pad = pad if pad in ("same", "valid") else _ints(pad)
+            _need(groups > 0 and cin % groups == 0 and cout % groups == 0 and min(*ks, *stride, *dil) > 0,
+                  f"layer '{name}': bad conv geometry")
+            geo = (cin, cout, ks, stride, pad, dil, groups)
             N, K = cout, cin // groups * ks[0] * ks[1]
     except (KeyError, TypeError, ValueError) as e:
         raise LowbitFileError(f"layer '{name}': bad constructor arguments ({e})") from None
@@ -273,10 +279,10 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
         if kind.startswith("Quant"):
             rg = d.get("scale_shape")
             _need(isinstance(rg, list) and len(rg) == 2, f"layer '{name}': bad scale shape")
-            R, G = int(rg[0]), int(rg[1])
+            R, G = _int(rg[0]), _int(rg[1])
             _need(R in (1, N) and G >= 1 and K % G == 0, f"layer '{name}': bad scale shape {rg}")
             cs = d.get("codes_shape")
-            _need(isinstance(cs, list) and int(np.prod(cs)) == N * K and cs[0] == N, f"layer '{name}': bad codes shape")
+            _need(cs == [N, K], f"layer '{name}': bad codes shape {cs!r}, expected {[N, K]}")
             stream = tensors.pop(f"{name}.codes", None)
             _need(stream is not None and stream.dtype == np.uint8, f"layer '{name}': missing codes")
             codes = torch.from_numpy(bitstream_to_codes(stream, w_bits, N * K).reshape(cs))
@@ -298,6 +304,22 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
     except (ValueError, TypeError) as e:
         raise LowbitFileError(f"layer '{name}': {e}") from None
     return mod
+
+
+_MAX_DIM = 1 << 31
+
+
+def _int(v: Any) -> int:
+    """A size from the metadata: a JSON integer in 0 .. 2^31 (no bools, floats or strings)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_DIM:
+        raise ValueError(f"expected an integer in 0..{_MAX_DIM}, got {v!r}")
+    return v
+
+
+def _ints(v: Any, n: int = 2) -> tuple[int, ...]:
+    if not isinstance(v, list) or len(v) != n:
+        raise ValueError(f"expected a list of {n} integers, got {v!r}")
+    return tuple(_int(x) for x in v)
 
 
 def _pack_bits(w_bits: int) -> int:
