@@ -28,6 +28,7 @@ _EXPORTS = {
     "pack": "lowbit.pack",  # a callable module: lowbit.pack(qmodel) and `from lowbit.pack import ...`
     "save": "lowbit.io",
     "load": "lowbit.io",
+    "benchmark": "lowbit.bench",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -320,3 +320,25 @@ def test_deepcopy_and_state_dict():
         assert torch.equal(p(x), p2(x))
     sd = p.state_dict()
     assert sd["gconv.codes"].dtype == torch.uint8 and sd["gconv.scales"].dtype == torch.float32
+
+
+def test_benchmark_runs_both_models(capsys):
+    q, x = quantize("cnn", 4, 8)
+    res = lowbit.benchmark(q, x, repeats=3, warmup=1, threads=1)
+    out = capsys.readouterr().out
+    assert "fp32" in out and "packed" in out and "speedup" in out
+    assert res["packed_ms"] > 0 and res["fp_ms"] > 0 and res["repeats"] >= 3
+    assert res["speedup"] == pytest.approx(res["fp_ms"] / res["packed_ms"])
+    assert res["packed_bytes"] < res["fp_bytes"]
+    # the float twin holds the weights the packed bytes stand for: the difference is the
+    # activation quantization of the int8 paths, not a different model
+    with torch.no_grad():
+        y = q(x)
+    assert res["max_abs_diff"] < 0.1 * float(y.abs().max())
+    from lowbit.bench import float_twin
+
+    twin = float_twin(q)
+    assert not any(isinstance(m, (QuantLayer, PackedLayer)) for m in twin.modules())
+    assert torch.equal(twin.gconv.weight, q.gconv.weight)
+    with pytest.raises(ValueError, match="no packed or quantized layer"):
+        lowbit.benchmark(make("mlp")[0], torch.zeros(1, 64))
