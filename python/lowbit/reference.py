@@ -118,7 +118,7 @@ def border_table(param, bits, *, affine, eps):
     p = np.asarray(param, np.float32)
     n = 2**bits - 1
     if affine:
-        k = np.arange(n, dtype=np.float32) + np.float32(0.5)
+        k = (np.arange(n, dtype=np.float32) + np.float32(0.5)) / np.float32(n)
         pre = np.float32(0.5) + (p[:, :1] * k + p[:, 1:2])
     else:
         pre = np.float32(0.5) + p
@@ -184,17 +184,36 @@ def threshold_quantize(x, thresholds, bits):
     return (x[..., None] >= t[ch][:, None, :]).sum(-1).astype(np.uint8)
 
 
+def _one_sided_clamp(pre, lo, hi):
+    """clamp(pre, lo, hi); a clamped entry passes only a gradient that moves it back inside."""
+    import torch
+
+    class OneSidedClamp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, p):
+            ctx.save_for_backward(p)
+            return p.clamp(lo, hi)
+
+        @staticmethod
+        def backward(ctx, g):
+            (p,) = ctx.saved_tensors
+            block = ((p < lo) & (g > 0)) | ((p > hi) & (g < 0))
+            return torch.where(block, torch.zeros_like(g), g)
+
+    return OneSidedClamp.apply(pre)
+
+
 def border_table_torch(param, bits, *, affine, eps):
     """Differentiable twin of border_table (torch tensors)."""
     import torch
 
     n = 2**bits - 1
     if affine:
-        k = torch.arange(n, dtype=torch.float32) + 0.5
+        k = (torch.arange(n, dtype=torch.float32) + 0.5) / n
         pre = 0.5 + (param[:, :1] * k + param[:, 1:2])
     else:
         pre = 0.5 + param
-    return torch.clamp(pre, eps, 1.0 - eps)
+    return _one_sided_clamp(pre, eps, 1.0 - eps)
 
 
 def border_quant_torch(x, B, scale, bits, *, zero, tau, hard):

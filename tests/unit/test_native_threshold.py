@@ -22,7 +22,7 @@ def _x(rng, C, outer, inner, bits, zero=0.0):
 def _border_param(rng, C, bits, affine):
     n = 2**bits - 1
     if affine:
-        return np.stack([rng.normal(0, 0.3 / n, C), rng.normal(0, 0.15, C)], 1).astype(np.float32)
+        return np.stack([rng.normal(0, 0.3, C), rng.normal(0, 0.15, C)], 1).astype(np.float32)
     # some entries beyond the clamp, to exercise it
     return rng.normal(0, 0.35, (C, n)).astype(np.float32)
 

@@ -52,9 +52,14 @@ struct BorderParams {
 // Border tables from their parameterisation (methods.md section 2.3), eps in (0, 0.5):
 //   table  (affine = false): param (C, n) = delta;        B = clamp(0.5 + delta, eps, 1 - eps)
 //   affine (affine = true):  param (C, 2) = (alpha, beta);
-//                            B_{c,k} = clamp(0.5 + (alpha_c (k + 0.5) + beta_c), eps, 1 - eps)
+//                            B_{c,k} = clamp(0.5 + (alpha_c (k + 0.5) / n + beta_c), eps, 1 - eps)
+// The affine slope is normalised by n (alpha = n times methods.md's slope, the change of the
+// border across the whole range), so an optimiser step moves every border by about its size.
 void border_table(const float* param, int64_t C, int bits, bool affine, float eps, float* B);
-// gparam (C, n or 2) = chain rule of gB (C, n) through border_table (zero where clamped).
+// gparam (C, n or 2) = chain rule of gB (C, n) through border_table, where a clamped entry
+// passes its gradient only when a descent step (-gradient) moves it back inside
+// [eps, 1 - eps] (a one-sided straight-through clamp: a border pushed past the range by a noisy
+// step can come back, which a plain clamp's zero gradient would forbid).
 void border_table_backward(const float* param, const float* gB, int64_t C, int bits, bool affine,
                            float eps, float* gparam);
 

@@ -91,7 +91,7 @@ void check_border_params(const BorderParams& p) {
 }
 
 inline float border_pre(const float* param, int64_t c, int k, bool affine, int n) {
-  if (affine) return 0.5f + (param[2 * c] * (float(k) + 0.5f) + param[2 * c + 1]);
+  if (affine) return 0.5f + (param[2 * c] * ((float(k) + 0.5f) / float(n)) + param[2 * c + 1]);
   return 0.5f + param[c * n + k];
 }
 }  // namespace
@@ -115,9 +115,12 @@ void border_table_backward(const float* param, const float* gB, int64_t C, int b
     double ga = 0, gb = 0;
     for (int k = 0; k < n; ++k) {
       const float pre = border_pre(param, c, k, affine, n);
-      const float g = (pre >= eps && pre <= 1.0f - eps) ? gB[c * n + k] : 0.0f;
+      // One-sided straight-through clamp: a clamped border passes only a gradient whose
+      // descent step moves it back inside [eps, 1 - eps].
+      float g = gB[c * n + k];
+      if ((pre < eps && g > 0.0f) || (pre > 1.0f - eps && g < 0.0f)) g = 0.0f;
       if (affine) {
-        ga += double(g) * (double(k) + 0.5);
+        ga += double(g) * double((float(k) + 0.5f) / float(n));
         gb += double(g);
       } else {
         gparam[c * n + k] = g;
