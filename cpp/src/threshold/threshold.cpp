@@ -61,14 +61,43 @@ void rows_checked(int64_t rows, int64_t inner, const char* what, Fn&& fn) {
   for (char b : bad) LOWBIT_CHECK(!b, what << ": x contains NaN");
 }
 
-// Number of t[0..n) that are <= u, for non-decreasing t.
+// Number of t[0..n) that are <= u, for non-decreasing t and n = 2^b - 1: a branch-free
+// binary search of b steps (t[pos + step - 1] is the last threshold of the lower half).
 inline int count_le(const float* t, int n, float u) {
-  if (n <= 15) {
-    int q = 0;
-    for (int k = 0; k < n; ++k) q += u >= t[k];
-    return q;
+  int pos = 0;
+  for (int step = (n + 1) >> 1; step > 0; step >>= 1) pos += (u >= t[pos + step - 1]) ? step : 0;
+  return pos;
+}
+
+// codes[i] = count_le(t, n, x[i] * mul) for a row. Up to 15 thresholds: compare-and-add per
+// threshold across a block of elements (vectorises); more: the binary search per element.
+template <class T>
+void count_row(const float* t, int n, const float* x, float mul, int64_t len, T* codes) {
+  if (n > 15) {
+    for (int64_t i = 0; i < len; ++i) codes[i] = T(count_le(t, n, x[i] * mul));
+    return;
   }
-  return int(std::upper_bound(t, t + n, u) - t);
+  constexpr int64_t kBlock = 256;
+  float u[kBlock];
+  int32_t acc[kBlock];
+  for (int64_t i0 = 0; i0 < len; i0 += kBlock) {
+    const int64_t m = std::min(kBlock, len - i0);
+    for (int64_t i = 0; i < m; ++i) {
+      u[i] = x[i0 + i] * mul;
+      acc[i] = 0;
+    }
+    for (int k = 0; k < n; ++k) {
+      const float tk = t[k];
+      for (int64_t i = 0; i < m; ++i) acc[i] += u[i] >= tk ? 1 : 0;
+    }
+    for (int64_t i = 0; i < m; ++i) codes[i0 + i] = T(acc[i]);
+  }
+}
+
+inline bool has_nan(const float* x, int64_t len) {
+  bool bad = false;
+  for (int64_t i = 0; i < len; ++i) bad |= x[i] != x[i];
+  return bad;
 }
 
 }  // namespace
@@ -284,14 +313,11 @@ void ltq_forward(ConstMatrixView<float> x, const float* start, const float* a, c
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t c = r % C;
       const float* Tc = tb.T.data() + c * n;
-      const float sc = tb.s1[c];
       const float* xr = x.row(r);
       float* o = out.row(r);
-      for (int64_t i = 0; i < x.cols; ++i) {
-        const float u = sc * xr[i];
-        bad |= u != u;
-        o[i] = s2 * (float(count_le(Tc, n, u)) - z);
-      }
+      bad |= has_nan(xr, x.cols);
+      count_row(Tc, n, xr, tb.s1[c], x.cols, o);  // u = s1 x, as in the backward
+      for (int64_t i = 0; i < x.cols; ++i) o[i] = s2 * (o[i] - z);
     }
     return bad;
   });
@@ -411,13 +437,9 @@ void threshold_quantize(ConstMatrixView<float> x, const float* t, int64_t C, int
   rows_checked(x.rows, x.cols, "threshold_quantize", [&](int64_t r0, int64_t r1) {
     bool bad = false;
     for (int64_t r = r0; r < r1; ++r) {
-      const float* tc = t + (r % C) * n;
       const float* xr = x.row(r);
-      uint8_t* q = codes.row(r);
-      for (int64_t i = 0; i < x.cols; ++i) {
-        bad |= xr[i] != xr[i];
-        q[i] = uint8_t(count_le(tc, n, xr[i]));
-      }
+      bad |= has_nan(xr, x.cols);
+      count_row(t + (r % C) * n, n, xr, 1.0f, x.cols, codes.row(r));
     }
     return bad;
   });
