@@ -73,8 +73,9 @@ def _train_fns(q, x, gy, bits):
             B = reference.border_table_torch(p, bits, affine=q.affine, eps=q.eps)
             y = reference.border_quant_torch(xt, B, s, bits, zero=0.0, tau=q.tau, hard=False)
         else:
-            leaves = [t.detach().clone().requires_grad_(True) for t in (q.start, q.a, q.in_scale, q.scale)]
-            y = reference.ltq_torch(xt, *leaves, bits, zero=0.0, a_min=q.a_min, s1_min=q.s1_min)
+            st, a = (t.detach().clone().requires_grad_(True) for t in q.offset_and_intervals())
+            s1, s2 = (t.detach().clone().requires_grad_(True) for t in (q.in_scale, q.scale))
+            y = reference.ltq_torch(xt, st, a, s1, s2, bits, zero=0.0, a_min=q.a_min, s1_min=q.s1_min)
         y.backward(gy.reshape(rows, -1))
         return xt.grad.reshape(shape)
 

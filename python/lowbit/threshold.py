@@ -28,7 +28,14 @@ import torch
 import torch.nn as nn
 
 from lowbit import _native
-from lowbit.quantizers import UniformActQuantizer, act_quantizer_from_samples, round_ste
+from lowbit.quantizers import (
+    QuantConv2d,
+    QuantLayer,
+    QuantLinear,
+    UniformActQuantizer,
+    act_quantizer_from_samples,
+    round_ste,
+)
 
 PARAMETERIZATIONS = ("auto", "table", "affine")
 
@@ -163,6 +170,19 @@ class _ThresholdActQuantizer(nn.Module):
     def output_scale(self) -> float:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def stats(self, x: torch.Tensor) -> dict:
+        """Report figures on inputs x: level occupancy (fractions, 2^b of them), dead levels
+        (never hit), and how far the thresholds moved from the uniform grid's midpoints
+        s (k + 1/2 - z), in steps (mean and max over channels and levels)."""
+        c = self.codes(x).reshape(-1).long()
+        occ = torch.bincount(c, minlength=self.qmax + 1).double() / max(c.numel(), 1)
+        s = self.output_scale()
+        k = torch.arange(self.qmax, dtype=torch.float32)
+        dev = (self.thresholds() / s - (k + 0.5 - self.zero.float())).abs()
+        return {"occupancy": [round(float(v), 6) for v in occ], "dead_levels": int((occ == 0).sum()),
+                "threshold_shift_mean": float(dev.mean()), "threshold_shift_max": float(dev.max())}
+
 
 class BorderActQuantizer(_ThresholdActQuantizer):
     """AQuant activation quantizer: a learned rounding border per input channel and level.
@@ -247,6 +267,8 @@ class LTQActQuantizer(_ThresholdActQuantizer):
     midpoints, x^ = scale * (#{i : u >= d_{i-1} + a_i / 2} - zero); G-STE backward.
     Initialised from the uniform grid (s, z): start = -z s, a_i = s, in_scale = 1, scale = s,
     which reproduces it exactly (up to ties). ``a_min`` defaults to 1e-3 of the initial step.
+    The parameters ``start`` and ``a`` are stored in units of that initial step (buffer
+    ``unit``); ``offset_and_intervals()`` gives them in input units.
     """
 
     def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False, *,
@@ -259,8 +281,11 @@ class LTQActQuantizer(_ThresholdActQuantizer):
         if not self.a_min > 0:
             raise ValueError(f"a_min must be > 0, got {a_min!r}")
         self.s1_min = 1e-3
-        self.start = nn.Parameter(torch.full((channels,), -float(zero) * s))
-        self.a = nn.Parameter(torch.full((channels, self.qmax), s))
+        # start and a are stored in units of the initial step, so one learning rate suits
+        # layers of any activation scale (N2UQ assumes inputs of order 1 instead).
+        self.register_buffer("unit", torch.tensor([s]))
+        self.start = nn.Parameter(torch.full((channels,), -float(zero)))
+        self.a = nn.Parameter(torch.ones(channels, self.qmax))
         self.in_scale = nn.Parameter(torch.ones(channels))
         self.scale = nn.Parameter(torch.tensor([s]))
 
@@ -275,33 +300,56 @@ class LTQActQuantizer(_ThresholdActQuantizer):
         """Equal intervals on the Lp-optimal (p = 2.4) uniform grid of sampled values."""
         return cls.from_uniform(act_quantizer_from_samples(values, bits, vmin), **kw)
 
+    def offset_and_intervals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """start (C,) and interval lengths a (C, 2^b - 1) in input units (before the floor)."""
+        return self.start * self.unit, self.a * self.unit
+
     def threshold_parameters(self) -> list[nn.Parameter]:
         """start, a, in_scale: the group N2UQ trains at a tenth of the learning rate."""
         return [self.start, self.a, self.in_scale]
 
     def thresholds(self) -> torch.Tensor:
         """(C, 2^b - 1) thresholds in x units, strictly increasing along the last axis."""
-        t = _native.ltq_thresholds(self.start, self.a, self.in_scale, self.bits, a_min=self.a_min,
+        start, a = self.offset_and_intervals()
+        t = _native.ltq_thresholds(start, a, self.in_scale, self.bits, a_min=self.a_min,
                                    s1_min=self.s1_min)
         return torch.from_numpy(t)
 
     def output_scale(self) -> float:
         return float(self.scale.item())
 
-    def level_occupancy(self, x: torch.Tensor) -> torch.Tensor:
-        """Fraction of x on each of the 2^b output levels (dead levels read 0)."""
-        c = self.codes(x).reshape(-1).long()
-        return torch.bincount(c, minlength=self.qmax + 1).double() / max(c.numel(), 1)
-
     def _quant(self, x2: torch.Tensor, numel: int) -> torch.Tensor:
         s = self.scale
         if self.lsq_grad_scale and s.requires_grad:
             s = _grad_scaled(s, 1.0 / math.sqrt(max(numel, 1) * self.qmax))
-        return LTQFunction.apply(x2, self.start, self.a, self.in_scale, s, self.bits,
+        start, a = self.offset_and_intervals()
+        return LTQFunction.apply(x2, start, a, self.in_scale, s, self.bits,
                                  float(self.zero.item()), self.a_min, self.s1_min)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, channels={self.channels}, scale={self.scale.item():.4g}"
+
+
+def threshold_act_quantizer(layer: QuantLayer, kind: str, *, per_channel: bool = True,
+                            **kw) -> _ThresholdActQuantizer:
+    """A BorderActQuantizer (``kind="border"``, AQuant) or LTQActQuantizer (``"ltq"``, N2UQ) on
+    the grid of ``layer.act_quant`` (a calibrated UniformActQuantizer), per input channel of the
+    layer (conv: axis 1, linear: the last axis) or per tensor. It reproduces that grid until it
+    learns; assign it to ``layer.act_quant``. Extra keywords go to the quantizer."""
+    if not isinstance(layer, (QuantConv2d, QuantLinear)):
+        raise TypeError(f"layer must be a QuantConv2d or QuantLinear, got {type(layer).__name__}")
+    uq = layer.act_quant
+    if not isinstance(uq, UniformActQuantizer):
+        raise ValueError(f"layer has no calibrated uniform input quantizer to start from (act_quant is "
+                         f"{type(uq).__name__}); quantize with a_bits set first")
+    kinds = {"border": BorderActQuantizer, "ltq": LTQActQuantizer}
+    if kind not in kinds:
+        raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
+    if isinstance(layer, QuantConv2d):
+        channels, axis = layer.in_channels, 1
+    else:
+        channels, axis = layer.in_features, -1
+    return kinds[kind].from_uniform(uq, channels=channels if per_channel else 1, channel_axis=axis, **kw)
 
 
 # --- N2UQ weight quantizer ----------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_ltq_module_gradients_match_reference_autograd():
     gy = torch.randn_like(y)
     y.backward(gy)
     leaves = [t.detach().clone().requires_grad_(True) for t in (x.reshape(-1, 1), q.start, q.a, q.in_scale, q.scale)]
-    yr = reference.ltq_torch(*leaves, bits, zero=0.0, a_min=q.a_min, s1_min=q.s1_min)
+    xr, st, ar, s1, s2 = leaves
+    yr = reference.ltq_torch(xr, st * q.unit, ar * q.unit, s1, s2, bits, zero=0.0, a_min=q.a_min, s1_min=q.s1_min)
     yr.reshape(x.shape).backward(gy)
     torch.testing.assert_close(y, yr.reshape(x.shape))
     for mine, ref in zip((xt.grad.reshape(-1, 1), q.start.grad, q.a.grad, q.in_scale.grad, q.scale.grad),
