@@ -235,3 +235,18 @@ def test_uniform_module_untouched():
     """The uniform quantizer stays the default; the threshold quantizers only sit beside it."""
     assert not isinstance(UniformActQuantizer(2), (BorderActQuantizer, LTQActQuantizer))
     assert np.isclose(float(UniformActQuantizer(2, 0.5).scale), 0.5)
+
+
+def test_n2uq_weights_load_into_a_quant_layer():
+    from lowbit import _native
+    from lowbit.quantizers import quant_layer_from_float
+
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(24, 6)
+    wq = N2UQWeightQuantizer(3, alpha=1.8)
+    codes, scale, zero = wq.quantize(lin.weight)
+    layer = quant_layer_from_float(lin, codes, scale, zero, 3)
+    torch.testing.assert_close(layer.weight, wq(lin.weight).detach(), rtol=1e-5, atol=1e-6)
+    # the C++ dequantize (the packed path's reference) reads the half-integer zero point as is
+    np.testing.assert_allclose(_native.dequantize(codes, scale, zero, 3), layer.weight.detach().numpy(),
+                               rtol=1e-6, atol=1e-7)
