@@ -1,11 +1,12 @@
 #include "lowbit/quant.h"
 
-#include <Eigen/Dense>
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "lowbit/check.h"
+#include "lowbit/linalg.h"
 #include "lowbit/parallel.h"
 
 namespace lowbit {
@@ -183,15 +184,18 @@ void hessian_loss(ConstMatrixView<float> dW, ConstMatrixView<float> H, float* lo
   LOWBIT_CHECK(H.rows == dW.cols && H.cols == dW.cols,
                "H must be (" << dW.cols << ", " << dW.cols << "), got (" << H.rows << ", "
                              << H.cols << ")");
-  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Stride = Eigen::OuterStride<>;
-  Eigen::Map<const RowMat, 0, Stride> h(H.data, H.rows, H.cols, Stride(H.stride));
-  // Fixed row blocks: each block's product is the same computation whatever the thread count.
+  // dW H in one product (threads over its tiles), then each row's dot in double, in order.
+  std::vector<float> dh(size_t(dW.rows * dW.cols));
+  MatrixView<float> DH(dh.data(), dW.rows, dW.cols);
+  gemm(dW, false, H, false, DH);
   parallel_for(0, dW.rows, 32, [&](int64_t r0, int64_t r1) {
-    Eigen::Map<const RowMat, 0, Stride> d(dW.row(r0), r1 - r0, dW.cols, Stride(dW.stride));
-    const RowMat dh = d * h;
-    for (int64_t r = r0; r < r1; ++r)
-      loss[r] = float(dh.row(r - r0).cast<double>().dot(d.row(r - r0).cast<double>()));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* d = dW.row(r);
+      const float* h = DH.row(r);
+      double acc = 0;
+      for (int64_t k = 0; k < dW.cols; ++k) acc += double(d[k]) * double(h[k]);
+      loss[r] = float(acc);
+    }
   });
 }
 
