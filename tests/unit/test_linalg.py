@@ -116,7 +116,8 @@ def test_syrk_reads_only_the_upper_triangle(rng):
     assert np.isfinite(C).all()
 
 
-SHAPES_BIG = [(8, 16, 700), (300, 260, 90)]
+# K over several 2048-long chunks: small C and long K take the split-K schedule with 2 threads.
+SHAPES_BIG = [(8, 16, 700), (300, 260, 90), (40, 70, 4500), (90, 33, 6200)]
 
 
 @pytest.mark.parametrize("shape", SHAPES + SHAPES_BIG)
@@ -129,6 +130,24 @@ def test_threads_bit_identical(isa, rng, shape, threads):
     X = rng.standard_normal((K, M)).astype(np.float32)
     out = threads(lambda: _gram(X))
     np.testing.assert_array_equal(out[1], out[2])
+
+
+@pytest.mark.parametrize("shape", [(40, 70, 4500), (90, 33, 6200), (7, 5, 2049)])
+def test_split_k_schedule_matches_numpy(isa, rng, shape, threads):
+    """Long K, small C: chunk partials folded in order, with 1 and 2 threads."""
+    M, N, K = shape
+    A, B, Ae, Be = operands(rng, M, N, K, True, False)
+    C0 = rng.standard_normal((M, N)).astype(np.float32)
+    out = threads(lambda: _native.sgemm(A, B, trans_a=True, alpha=0.5, beta=2.0, C=C0.copy()))
+    exact = 0.5 * (Ae @ Be) + 2.0 * C0.astype(np.float64)
+    assert np.all(np.abs(out[2] - exact) <= bound(Ae, Be, 0.5, 2.0, C0, K))
+    np.testing.assert_array_equal(out[1], out[2])
+    X = A[:, :M]
+    G = threads(lambda: _gram(X))
+    Xe = X.astype(np.float64)
+    assert np.all(np.abs(G[2] - Xe.T @ Xe) <= bound(Xe.T, Xe, 1.0, 0.0, None, K))
+    np.testing.assert_array_equal(G[1], G[2])
+    np.testing.assert_array_equal(G[2], G[2].T)
 
 
 def _gram(X):

@@ -5,12 +5,15 @@
 // element (r, c) of a matrix X stored with leading dimension ldx is X[r * ldx + c].
 //
 // Determinism contract (what the bits of C depend on):
-//   * Each element of C is a sum over k in fixed blocks of kGemmKc: inside a block the products
-//     are accumulated one after another in k order, starting from zero; the block sums are
-//     then folded into C in k order as  C = beta*C + alpha*s_0,  C = C + alpha*s_1, ...
-//     (each multiply and add rounded separately; beta == 0 means C is not read).
-//   * Threads only split C into tiles (never K), and tile shape does not enter the arithmetic,
-//     so results are bit-identical for any thread count and any tiling.
+//   * K is cut into blocks of kGemmKc and the blocks into chunks of kGemmChunk. Inside a block
+//     the products are accumulated one after another in k order, starting from zero, giving a
+//     block sum s; inside a chunk the block sums are added in order, starting from zero
+//     (p = s_0, p = p + s_1, ...), giving a chunk partial p; the chunk partials are then
+//     folded into C in order as  C = beta*C + alpha*p_0,  C = C + alpha*p_1, ...  (each
+//     multiply and add rounded separately; beta == 0 means C is not read).
+//   * Threads split C into tiles, or (for small C and long K) take whole chunks each; neither
+//     tile shape nor schedule enters the arithmetic, so results are bit-identical for any
+//     thread count.
 //   * The AVX2 and AVX-512 kernels both use FMA inside a block and give the same bits. The
 //     scalar kernel rounds the product and the sum separately, so it can differ from them in
 //     the last bits. Either way |C - C_exact| <= eps_f32 * (kc + ceil(K/kc) + 2) *
@@ -25,6 +28,8 @@ namespace lowbit {
 
 // K block of every product. Part of the numerical contract above: changing it changes bits.
 constexpr int64_t kGemmKc = 256;
+// K blocks per chunk (2048 rows of K). Also part of the contract.
+constexpr int64_t kGemmChunk = 8;
 
 // C (M, N) = alpha * op(A) * op(B) + beta * C.
 //   op(A) is (M, K): A itself, stored (M, K) with lda >= K, or with trans_a its transpose,
