@@ -146,6 +146,12 @@ def lp_range_search(
     return scale, zero
 
 
+def lp_error(x: ArrayLike, scale: float, zero: float, bits: int, p: float = 2.4) -> float:
+    """sum |x - fake_quantize(x)|^p over all of x (double) for one range, exactly as
+    lp_range_search ranks its candidates (quant.h: polynomial pow for 0 < p <= 6)."""
+    return float(_C.lp_error(as_f32(x).reshape(-1), float(scale), float(zero), int(bits), float(p)))
+
+
 def hessian_loss(dW: ArrayLike, H: ArrayLike) -> np.ndarray:
     """Per output channel c: dW_c^T H dW_c, for dW (N, K) and H (K, K)."""
     d = as_2d(as_f32(dW))

@@ -107,3 +107,14 @@ def im2col(x, kernel_size, stride, padding, dilation, groups):
         blk = cols[:, g * cg : (g + 1) * cg]  # N, cg, kh, kw, oh, ow
         out.append(blk.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, cg * kh * kw))
     return out
+
+
+# --- lp_error ------------------------------------------------------------------------------
+
+
+def lp_error(x, scale, zero, bits, p=2.4):
+    """sum |x - fake_quantize(x)|^p in float64 (the quantity lp_range_search minimises)."""
+    x = np.asarray(x, np.float32).reshape(1, -1)
+    s, z = np.float32(scale), np.float32(zero)
+    err = np.abs(x - fake_quantize(x, s, z, bits)).astype(np.float64)
+    return float(np.sum(err**p))

@@ -1,11 +1,14 @@
 #include "lowbit/quant.h"
 
+#include "lp_kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "lowbit/check.h"
+#include "lowbit/cpu.h"
 #include "lowbit/linalg.h"
 #include "lowbit/parallel.h"
 
@@ -52,7 +55,37 @@ void range_to_params(float lo, float hi, int bits, bool symmetric, float* s, flo
   }
 }
 
+lp_detail::LpErrFn lp_kernel() {
+  const int isa = static_cast<int>(active_isa());
+  if (isa >= static_cast<int>(Isa::avx512)) return lp_detail::lp_err_avx512;
+  if (isa >= static_cast<int>(Isa::avx2)) return lp_detail::lp_err_avx2;
+  return lp_detail::lp_err_scalar;
+}
+
+// lp_error without argument checks. The kernels scale by 1/s where quantize() divides by s:
+// a value can only move across a rounding tie, whose error is s/2 either way, so the sums
+// (and the range the search picks) do not move.
+double lp_error_unchecked(const float* x, int64_t n, float s, float z, float qmax, float p) {
+  if (p == 2.0f || (p > 0.0f && p <= lp_detail::kMaxFastP))
+    return lp_kernel()(x, n, 1.0f / s, s, z, qmax, p);
+  double err = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    const float e = std::fabs(x[c] - (quant_code(x[c], s, z, qmax) - z) * s);
+    err += double(std::pow(e, p));
+  }
+  return err;
+}
+
 }  // namespace
+
+double lp_error(const float* x, int64_t n, float s, float z, int bits, float p) {
+  LOWBIT_CHECK(bits >= kMinBits && bits <= kMaxBits,
+               "bits must be in [" << kMinBits << ", " << kMaxBits << "], got " << bits);
+  LOWBIT_CHECK(std::isfinite(s) && s > 0, "scale must be finite and positive, got " << s);
+  LOWBIT_CHECK(std::isfinite(z), "zero must be finite, got " << z);
+  LOWBIT_CHECK(p > 0, "p must be positive, got " << p);
+  return lp_error_unchecked(x, n, s, z, float((1 << bits) - 1), p);
+}
 
 void check_quant_params(const QuantParams& p, int64_t rows, int64_t cols) {
   LOWBIT_CHECK(p.bits >= kMinBits && p.bits <= kMaxBits,
@@ -116,17 +149,12 @@ void lp_range_search(ConstMatrixView<float> x, const RangeSearch& rs, int64_t R,
   const int n_grid = rs.p > 0 ? rs.n_grid : 1;
   const float qmax = float((1 << rs.bits) - 1);
 
-  // One unit's error for one candidate range, summed in a fixed order (double).
+  // One unit's error for one candidate range: lp_error per row of the unit, in row order.
   auto unit_error = [&](int64_t u, float s, float z) {
     const int64_t r0 = (R == 1 ? 0 : u / G), g = u % G;
     double err = 0;
-    for (int64_t r = r0; r < r0 + rows_per_unit; ++r) {
-      const float* xr = x.row(r) + g * gsize;
-      for (int64_t c = 0; c < gsize; ++c) {
-        const float e = std::fabs(xr[c] - (quant_code(xr[c], s, z, qmax) - z) * s);
-        err += rs.p == 2.0f ? double(e * e) : double(std::pow(e, rs.p));
-      }
-    }
+    for (int64_t r = r0; r < r0 + rows_per_unit; ++r)
+      err += lp_error_unchecked(x.row(r) + g * gsize, gsize, s, z, qmax, rs.p);
     return err;
   };
   auto unit_range = [&](int64_t u, float* lo, float* hi) {
