@@ -296,36 +296,40 @@ void drive(Problem& pr) {
   const bool split = !serial && slots > 1 && int64_t(tiles.size()) < 4 * nthreads &&
                      slots * M * N <= kSplitBudget;
   if (split) {
-    // Each chunk: its partial over all of C, by one thread, into one of `slots` buffers; after
-    // each wave the partials are folded into C in chunk order.
-    Buffer parts = aligned_floats(slots * M * N);
+    // Work items (chunk, tile): the tile's part of the chunk's partial, into the chunk's own
+    // M x N buffer, in one parallel region per wave of `slots` chunks (one wave unless C is
+    // large); then the partials are folded into C in chunk order, row block by row block.
+    const int64_t slots_all = std::min(nchunks, std::max<int64_t>(slots, kSplitBudget / (M * N)));
+    Buffer parts = aligned_floats(slots_all * M * N);
     if (!parts) throw std::bad_alloc();
-    for (int64_t c0 = 0; c0 < nchunks; c0 += slots) {
-      const int64_t c1 = std::min(nchunks, c0 + slots);
-      parallel_for(c0, c1, 1, [&](int64_t b, int64_t e) {
+    const int64_t ntiles = int64_t(tiles.size());
+    for (int64_t c0 = 0; c0 < nchunks; c0 += slots_all) {
+      const int64_t c1 = std::min(nchunks, c0 + slots_all);
+      parallel_for(0, (c1 - c0) * ntiles, 1, [&](int64_t b, int64_t e) {
         Workspace ws;
         if (!ws.alloc(kr, MC, NC, kcmax, false)) {
           alloc_failed = true;
           return;
         }
-        for (int64_t c = b; c < e; ++c) {
+        for (int64_t it = b; it < e; ++it) {
+          const int64_t c = c0 + it / ntiles;
+          const Tile& t = tiles[size_t(it % ntiles)];
           float* P = parts.get() + (c - c0) * M * N;
-          for (const Tile& t : tiles)
-            chunk_tile(pr, ws, t.i_lo, std::min(M, t.i_lo + MC), t.j_lo,
-                       std::min(N, t.j_lo + NC), c * kChunkK, std::min(K, (c + 1) * kChunkK),
-                       P + t.i_lo * N + t.j_lo, N);
+          chunk_tile(pr, ws, t.i_lo, std::min(M, t.i_lo + MC), t.j_lo, std::min(N, t.j_lo + NC),
+                     c * kChunkK, std::min(K, (c + 1) * kChunkK), P + t.i_lo * N + t.j_lo, N);
         }
       });
       if (alloc_failed) throw std::bad_alloc();
-      parallel_for(0, M, std::max<int64_t>(1, 16384 / N), [&](int64_t i0, int64_t i1) {
+      const bool last = c1 == nchunks;
+      // Small folds run on the calling thread: a parallel region costs more than they do.
+      const int64_t grain = (c1 - c0) * M * N < (int64_t(1) << 22) ? M : std::max<int64_t>(1, 16384 / N);
+      parallel_for(0, M, grain, [&](int64_t i0, int64_t i1) {
         for (int64_t c = c0; c < c1; ++c)
           fold(pr, i0, i1, 0, N, parts.get() + (c - c0) * M * N + i0 * N, N,
                c == 0 ? pr.beta : 1.0f);
+        if (pr.upper && last) mirror(pr, i0, i1, 0, N);  // rows i0..i1 are final
       });
     }
-    if (pr.upper)
-      parallel_for(0, M, std::max<int64_t>(1, 16384 / N),
-                   [&](int64_t i0, int64_t i1) { mirror(pr, i0, i1, 0, N); });
     return;
   }
 
