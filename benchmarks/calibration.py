@@ -8,14 +8,16 @@ Cases, each at every thread count of ``--threads`` (lowbit and torch set alike):
   cross_gram  C += A^T B                          vs torch ``A.T @ B``
   conv_gram   per-group Gram of im2col rows of x  vs torch ``F.unfold`` + ``X.T @ X``
   lp_range    per-channel Lp (p=2.4) range search of a weight, 80 candidates, 4 bits,
-              vs the same search vectorised over rows in torch (float64 pow)
+              vs the same search vectorised over rows in torch (float64 pow), and vs
+              lowbit's own portable (scalar ISA) kernel
 
 Every case is checked against its comparator before timing (Gram: relative Frobenius error
 against torch's float32 product; range search: the NumPy reference on a few rows, and the
 share of rows where torch's search picks the same range). Timing: one warm-up each, then
 ``--repeats`` rounds, lowbit and torch interleaved; ``seconds`` is the median wall time,
-``ratio`` torch's median over lowbit's (above 1: lowbit faster), ``cpu_ratio`` the same with
-process CPU time (steadier on a shared machine). The load average is recorded: when it
+``ratio`` each comparator's median over lowbit's (above 1: lowbit faster), ``cpu_ratio`` the same with
+process CPU time (steadier on a shared machine). GFLOP/s counts 2 n d^2 per Gram, what
+``X.T @ X`` costs; lowbit computes the upper triangle only (half of that) and mirrors it. The load average is recorded: when it
 exceeds the thread count + 0.5 the machine was shared and rows are marked ``noisy``.
 
 With ``--json`` the last line is one JSON object; ``summary.gram_ratio_vs_torch`` is the
@@ -180,8 +182,16 @@ def case_lp(rows, cols, repeats, rng, bits=4):
     ts, tz = torch_lp_range_search(wt, bits)
     agree = float(np.mean(np.isclose(s[:, 0], ts.numpy(), rtol=1e-6) & (z[:, 0] == tz.numpy())))
     info = dict(case="lp_range", shape=f"{rows}x{cols} {bits}-bit per-channel", gflop=None, check=agree)
+    def scalar():
+        _native.set_isa("scalar")
+        try:
+            _native.lp_range_search(w, bits, rows=rows)
+        finally:
+            _native.set_isa(None)
+
     return info, compare({"lowbit": lambda: _native.lp_range_search(w, bits, rows=rows),
-                          "torch": lambda: torch_lp_range_search(wt, bits)}, repeats)
+                          "torch": lambda: torch_lp_range_search(wt, bits),
+                          "lowbit_scalar": scalar}, repeats)
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -225,20 +235,23 @@ def main() -> None:
             info, t = fn(*shape, repeats, rng)
             load = os.getloadavg()[0]
             (lw, lc, lbest), (tw, tc, _) = t["lowbit"], t["torch"]
+            others = [k for k in t if k != "lowbit"]
             row = dict(info, threads=nt, seconds=lw, cpu_seconds=lc, best_seconds=lbest,
                        torch_seconds=tw, torch_cpu_seconds=tc,
-                       ratio={"torch": tw / lw}, cpu_ratio={"torch": tc / lc},
+                       ratio={k: t[k][0] / lw for k in others}, cpu_ratio={k: t[k][1] / lc for k in others},
                        load=load, noisy=load > nt + 0.5)
             rows.append(row)
             gfs = f"{info['gflop'] / lw:8.1f}" if info["gflop"] else f"{'-':>8}"
             print(f"{info['case']:<11} {info['shape']:<40} {nt:>3} {lw * 1e3:10.1f} {tw * 1e3:10.1f} "
-                  f"{tw / lw:6.2f} {tc / lc:9.2f} {gfs} {load:5.1f}" + ("  (noisy)" if row["noisy"] else ""))
+                  f"{tw / lw:6.2f} {tc / lc:9.2f} {gfs} {load:5.1f}"
+                  + "".join(f"  vs {k}: {v:.2f}x" for k, v in row["ratio"].items() if k != "torch")
+                  + ("  (noisy)" if row["noisy"] else ""))
     _native.set_num_threads(0)
 
     top = max(threads)
 
-    def geomean(case, key="ratio"):
-        r = [row[key]["torch"] for row in rows if row["case"] == case and row["threads"] == top]
+    def geomean(case, key="ratio", vs="torch"):
+        r = [row[key][vs] for row in rows if row["case"] == case and row["threads"] == top]
         return math.exp(sum(map(math.log, r)) / len(r)) if r else None
 
     summary = {
@@ -248,6 +261,7 @@ def main() -> None:
         "cross_gram_ratio_vs_torch": geomean("cross_gram"),
         "conv_gram_ratio_vs_torch": geomean("conv_gram"),
         "lp_range_ratio_vs_torch": geomean("lp_range"),
+        "lp_range_ratio_vs_scalar": geomean("lp_range", "ratio", "lowbit_scalar"),
         "threads": top,
         "noisy": any(r["noisy"] for r in rows),
     }

@@ -211,3 +211,37 @@ def test_errors_name_the_argument():
         _native.syrk_tn_acc(A, np.zeros((4, 4), np.float32))
     with pytest.raises(TypeError):
         _native._C.ssyrk_tn_acc(A.astype(np.float64), np.zeros((3, 3), np.float32))
+
+
+def test_conv_gram_is_gram_of_im2col_bit_for_bit(rng, threads):
+    """conv_gram_accumulate streams im2col rows in tiles of whole K chunks, so it equals one
+    gram_accumulate (and cross_gram_accumulate) over all the rows, bit for bit; 7200 rows
+    of width 576 span two tiles (of 6144 rows)."""
+    from lowbit import reference
+
+    geo = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    x = rng.standard_normal((2, 64, 60, 60)).astype(np.float32)
+    x2 = (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32)
+    rows = reference.im2col(x, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"], 1)[0]
+    rows2 = reference.im2col(x2, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"], 1)[0]
+    rows, rows2 = rows.astype(np.float32), rows2.astype(np.float32)
+    assert rows.shape == (7200, 576)
+
+    def run():
+        Hc = np.zeros((1, 576, 576), np.float32)
+        _native.conv_gram_accumulate(x, Hc, **geo)
+        H = np.zeros((576, 576), np.float32)
+        _native.gram_accumulate(rows, H)
+        Cc = np.zeros((1, 576, 576), np.float32)
+        _native.conv_gram_accumulate(x, Cc, x2=x2, **geo)
+        C = np.zeros((576, 576), np.float32)
+        _native.cross_gram_accumulate(rows, rows2, C)
+        return Hc[0], H, Cc[0], C
+
+    out = threads(run)
+    for n in (1, 2):
+        Hc, H, Cc, C = out[n]
+        np.testing.assert_array_equal(Hc, H)
+        np.testing.assert_array_equal(Cc, C)
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(a, b)

@@ -69,9 +69,11 @@ void conv_gram_accumulate(const float* x, const float* x2, const Conv2dGeometry&
   check_conv_geometry(g);
   const int64_t d = g.row_len(), rows = g.rows();
   // Tiles of im2col rows keep memory at O(tile * d + d^2) whatever the batch size. A tile is
-  // a whole number of GEMM K blocks, so the result is bit-identical to one gram_accumulate
-  // over the full im2col matrix.
-  const int64_t tile = kGemmKc * std::clamp<int64_t>((int64_t(1) << 21) / (d * kGemmKc), 1, 16);
+  // a whole number of GEMM K chunks (linalg.h), so the result is bit-identical to one
+  // gram_accumulate over the full im2col matrix; up to 4 chunks while a tile stays under
+  // 16 MB.
+  const int64_t chunk = kGemmKc * kGemmChunk;
+  const int64_t tile = chunk * std::clamp<int64_t>((int64_t(1) << 22) / (d * chunk), 1, 4);
   std::vector<float> a(size_t(std::min(tile, rows) * d)), b(x2 ? a.size() : 0);
   for (int grp = 0; grp < g.groups; ++grp) {
     MatrixView<float> Hg(H + grp * d * d, d, d);

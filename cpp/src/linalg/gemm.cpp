@@ -156,11 +156,14 @@ constexpr int64_t kChunkK = kGemmKc * kGemmChunk;  // K per chunk
 struct Workspace {
   Buffer apack, bpack, part;
   int64_t mc = 0, nc = 0;
+  // Row stride of the partial tile: a cache line past NC, so that the rows of a micro-tile
+  // (NC * 4 bytes apart, often a multiple of 4 KiB) do not share one L1 set.
+  int64_t part_ld() const { return nc + 16; }
   bool alloc(const Kernel& kr, int64_t MC, int64_t NC, int64_t kcmax, bool want_part) {
     mc = MC, nc = NC;
     apack = aligned_floats(MC / kr.mr * strip_stride(kr.mr, kcmax));
     bpack = aligned_floats(NC / kr.nr * strip_stride(kr.nr, kcmax));
-    if (want_part) part = aligned_floats(MC * NC);
+    if (want_part) part = aligned_floats(MC * part_ld());
     return apack && bpack && (!want_part || part);
   }
 };
@@ -239,8 +242,8 @@ void tile_all_k(const Problem& pr, Workspace& ws, int64_t i_lo, int64_t i_hi, in
   } else {
     for (int64_t k0 = 0; k0 < pr.K; k0 += kChunkK) {
       chunk_tile(pr, ws, i_lo, i_hi, j_lo, j_hi, k0, std::min(pr.K, k0 + kChunkK),
-                 ws.part.get(), ws.nc);
-      fold(pr, i_lo, i_hi, j_lo, j_hi, ws.part.get(), ws.nc, k0 == 0 ? pr.beta : 1.0f);
+                 ws.part.get(), ws.part_ld());
+      fold(pr, i_lo, i_hi, j_lo, j_hi, ws.part.get(), ws.part_ld(), k0 == 0 ? pr.beta : 1.0f);
     }
   }
   if (pr.upper) mirror(pr, i_lo, i_hi, j_lo, j_hi);
