@@ -107,3 +107,36 @@ def test_range_search_matches_reference_on_every_isa(isa, bits, symmetric):
         rs, rz = reference.lp_range_search(x, bits, symmetric=symmetric, rows=rows, groups=groups)
         np.testing.assert_allclose(s, rs, rtol=1e-6)
         np.testing.assert_array_equal(z, rz)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("layout", [(1, 1), (12, 1), (12, 3)])
+def test_range_search_picks_the_argmin_of_lp_error(isa, bits, layout, threads):
+    """The search abandons candidates early once they cannot win; its pick must still be
+    exactly the first minimum of lp_error over the whole grid (same bits, same order of row
+    sums), on every ISA and thread count."""
+    rows, groups = layout
+    rng = np.random.default_rng(10 * bits + rows + groups)
+    x = (rng.standard_normal((12, 2100)) * rng.uniform(0.01, 2.0, (12, 1))).astype(np.float32)
+    x[3, :50] *= 40  # an outlier block, so the best clipping varies between units
+    gsize = x.shape[1] // groups
+    expect_s = np.empty((rows, groups), np.float32)
+    expect_z = np.empty((rows, groups), np.float32)
+    for r in range(rows):
+        for g in range(groups):
+            unit = (x if rows == 1 else x[r : r + 1])[:, g * gsize : (g + 1) * gsize]
+            lo, hi = min(np.float32(0), unit.min()), max(np.float32(0), unit.max())
+            best = None
+            for k in range(80):
+                ratio = np.float32(1.0) - np.float32(k) * np.float32(0.01)
+                s, z = reference._range_to_params(lo * ratio, hi * ratio, bits, False)
+                err = 0.0
+                for row in unit:
+                    err += _native.lp_error(row, s, z, bits, P32)
+                if best is None or err < best[0]:
+                    best = (err, s, z)
+            expect_s[r, g], expect_z[r, g] = best[1], best[2]
+    out = threads(lambda: _native.lp_range_search(x, bits, rows=rows, groups=groups))
+    for n in (1, 2):
+        np.testing.assert_array_equal(out[n][0], expect_s)
+        np.testing.assert_array_equal(out[n][1], expect_z)

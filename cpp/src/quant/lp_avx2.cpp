@@ -83,8 +83,8 @@ inline void terms8(const Consts& k, const float* x, int valid, bool square, __m2
 
 }  // namespace
 
-double lp_err_avx2(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
-                   float p) {
+void lp_acc_avx2(const float* x, int64_t n, float inv_s, float s, float z, float qmax, float p,
+                 double* acc) {
   Consts k;
   k.inv = _mm256_set1_ps(inv_s), k.s = _mm256_set1_ps(s), k.z = _mm256_set1_ps(z);
   k.q = _mm256_set1_ps(qmax), k.p = _mm256_set1_ps(p);
@@ -95,7 +95,8 @@ double lp_err_avx2(const float* x, int64_t n, float inv_s, float s, float z, flo
   k.abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
   const bool square = p == 2.0f;
   // acc0..acc3: lanes 0-3, 4-7, 8-11, 12-15 of the 16-lane scheme.
-  __m256d acc0 = _mm256_setzero_pd(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+  __m256d acc0 = _mm256_loadu_pd(acc), acc1 = _mm256_loadu_pd(acc + 4),
+          acc2 = _mm256_loadu_pd(acc + 8), acc3 = _mm256_loadu_pd(acc + 12);
   for (int64_t c = 0; c < n; c += 16) {
     const int64_t left = n - c;
     __m256d t0, t1, t2, t3;
@@ -110,10 +111,10 @@ double lp_err_avx2(const float* x, int64_t n, float inv_s, float s, float z, flo
     acc2 = _mm256_add_pd(acc2, t2);
     acc3 = _mm256_add_pd(acc3, t3);
   }
-  // b[i] = acc[i] + acc[i + 8]; c[i] = b[i] + b[i + 4]; then (c0 + c2) + (c1 + c3).
-  const __m256d c4 = _mm256_add_pd(_mm256_add_pd(acc0, acc2), _mm256_add_pd(acc1, acc3));
-  const __m128d d = _mm_add_pd(_mm256_castpd256_pd128(c4), _mm256_extractf128_pd(c4, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(d, _mm_unpackhi_pd(d, d)));
+  _mm256_storeu_pd(acc, acc0);
+  _mm256_storeu_pd(acc + 4, acc1);
+  _mm256_storeu_pd(acc + 8, acc2);
+  _mm256_storeu_pd(acc + 12, acc3);
 }
 
 }  // namespace lowbit::lp_detail

@@ -70,8 +70,8 @@ inline void terms16(const Consts& k, const float* x, __mmask16 valid, __m512d* o
 
 }  // namespace
 
-double lp_err_avx512(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
-                     float p) {
+void lp_acc_avx512(const float* x, int64_t n, float inv_s, float s, float z, float qmax, float p,
+                   double* acc) {
   Consts k;
   k.inv = _mm512_set1_ps(inv_s), k.s = _mm512_set1_ps(s), k.z = _mm512_set1_ps(z);
   k.q = _mm512_set1_ps(qmax), k.p = _mm512_set1_ps(p);
@@ -81,7 +81,7 @@ double lp_err_avx512(const float* x, int64_t n, float inv_s, float s, float z, f
   k.lo_clamp = _mm512_set1_ps(-1024.0f), k.hi_clamp = _mm512_set1_ps(1024.0f);
   k.abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
   k.square = p == 2.0f;
-  __m512d acc_lo = _mm512_setzero_pd(), acc_hi = _mm512_setzero_pd();
+  __m512d acc_lo = _mm512_loadu_pd(acc), acc_hi = _mm512_loadu_pd(acc + 8);
   int64_t c = 0;
   // Four independent blocks per step (their long polynomial chains overlap), added to the
   // lanes in element order.
@@ -101,11 +101,8 @@ double lp_err_avx512(const float* x, int64_t n, float inv_s, float s, float z, f
     acc_lo = _mm512_add_pd(acc_lo, lo);
     acc_hi = _mm512_add_pd(acc_hi, hi);
   }
-  // Lanes: b[i] = acc[i] + acc[i + 8], c[i] = b[i] + b[i + 4], then (c0 + c2) + (c1 + c3).
-  const __m512d b = _mm512_add_pd(acc_lo, acc_hi);
-  const __m256d c4 = _mm256_add_pd(_mm512_castpd512_pd256(b), _mm512_extractf64x4_pd(b, 1));
-  const __m128d d = _mm_add_pd(_mm256_castpd256_pd128(c4), _mm256_extractf128_pd(c4, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(d, _mm_unpackhi_pd(d, d)));
+  _mm512_storeu_pd(acc, acc_lo);
+  _mm512_storeu_pd(acc + 8, acc_hi);
 }
 
 }  // namespace lowbit::lp_detail

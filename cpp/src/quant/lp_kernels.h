@@ -10,19 +10,25 @@
 
 namespace lowbit::lp_detail {
 
-// sum_c |x_c - x^_c|^p over x[0..n), in double, for x^ = (clamp(round(x * inv_s) + z, 0, qmax)
-// - z) * s. Element c is added to lane c % 16 in order, and the 16 lanes are combined by a
-// fixed tree. p == 2: each term is (e * e) in float; otherwise e^p by the exp2/log2
-// polynomials below, to about 3e-7 relative (powf: 6e-8), for 0 < p <= kMaxFastP.
-using LpErrFn = double (*)(const float* x, int64_t n, float inv_s, float s, float z,
-                           float qmax, float p);
+// acc[c % 16] += |x_c - x^_c|^p for c in [0, n), in order, in double, for
+// x^ = (clamp(round(x * inv_s) + z, 0, qmax) - z) * s: the 16 lanes of a running sum that
+// lp_lanes_sum combines by a fixed tree. A run split into pieces whose lengths are multiples
+// of 16 gives the same lanes as one call. p == 2: each term is (e * e) in float; otherwise
+// e^p by the exp2/log2 polynomials below, to about 3e-7 relative (powf: 6e-8), for
+// 0 < p <= kMaxFastP. Terms are >= 0, so a partial lane sum never exceeds the full one.
+using LpAccFn = void (*)(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
+                         float p, double* acc);
 
-double lp_err_scalar(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
-                     float p);
-double lp_err_avx2(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
-                   float p);
-double lp_err_avx512(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
-                     float p);
+void lp_acc_scalar(const float* x, int64_t n, float inv_s, float s, float z, float qmax, float p,
+                   double* acc);
+void lp_acc_avx2(const float* x, int64_t n, float inv_s, float s, float z, float qmax, float p,
+                 double* acc);
+void lp_acc_avx512(const float* x, int64_t n, float inv_s, float s, float z, float qmax, float p,
+                   double* acc);
+
+// (((a0 + a8) + (a4 + a12)) + ((a2 + a10) + (a6 + a14))) + (... odd lanes ...): b[i] = a[i] +
+// a[i + 8], c[i] = b[i] + b[i + 4], then (c0 + c2) + (c1 + c3). Monotone in every lane.
+double lp_lanes_sum(const double* acc);
 
 // p * log2(e) stays inside the double exponent range for every float e when p <= 6.
 constexpr float kMaxFastP = 6.0f;

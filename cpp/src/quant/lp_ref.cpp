@@ -62,14 +62,16 @@ inline double pow_term(float e, float p, float p_hi, float p_lo) {
 
 }  // namespace
 
-double lp_err_scalar(const float* x, int64_t n, float inv_s, float s, float z, float qmax,
-                     float p) {
-  double acc[16] = {};
+void lp_acc_scalar(const float* x, int64_t n, float inv_s, float s, float z, float qmax, float p,
+                   double* acc) {
   const float p_hi = p_high(p), p_lo = p - p_hi;
   for (int64_t c = 0; c < n; ++c) {
     const float e = abs_error(x[c], inv_s, s, z, qmax);
     acc[c & 15] += p == 2.0f ? double(e * e) : pow_term(e, p, p_hi, p_lo);
   }
+}
+
+double lp_lanes_sum(const double* acc) {
   double b[8], c4[4];
   for (int i = 0; i < 8; ++i) b[i] = acc[i] + acc[i + 8];
   for (int i = 0; i < 4; ++i) c4[i] = b[i] + b[i + 4];
