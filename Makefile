@@ -46,11 +46,11 @@ demo: setup
 	$(PY) -m lowbit demo
 
 lint: setup
-	$(PY) -m ruff check python tests benchmarks
-	$(PY) -m ruff format --check python tests benchmarks
+	$(PY) -m ruff check $(wildcard python tests benchmarks)
+	$(PY) -m ruff format --check $(wildcard python tests benchmarks)
 
 test: setup
-	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m ruff check $(wildcard python tests benchmarks)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

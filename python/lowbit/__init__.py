@@ -1,1 +1,43 @@
-"""lowbit: low-bit post-training quantization for PyTorch."""
+"""lowbit: low-bit post-training quantization for PyTorch, with a C++ core.
+
+    qmodel = lowbit.quantize(model, calib_loader, method="adaround", w_bits=4)
+    print(lowbit.report(qmodel))
+
+Importing lowbit is light: submodules (and torch-heavy parts) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "quantize": "lowbit.api",
+    "QuantContext": "lowbit.api",
+    "report": "lowbit.reporting",
+    "QuantReport": "lowbit.reporting",
+    "list_methods": "lowbit.registry",
+    "register_method": "lowbit.registry",
+    "QuantConfig": "lowbit.config",
+    "NearestConfig": "lowbit.methods.nearest",
+    "set_num_threads": "lowbit._native",
+    "get_num_threads": "lowbit._native",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

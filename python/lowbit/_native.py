@@ -8,7 +8,7 @@ allocates the outputs, and hands plain NumPy arrays to the binding, which refuse
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ def active_isa() -> str:
     return str(_C.active_isa())
 
 
-def set_isa(name: Optional[str]) -> None:
+def set_isa(name: str | None) -> None:
     """Cap the kernel variant (``scalar``, ``avx2``, ``avx512``, ``avx512vnni``, ``amx``);
     None goes back to ``LOWBIT_ISA`` or the best the CPU has."""
     if name is None:
@@ -177,7 +177,7 @@ def conv_gram_accumulate(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
-    x2: Optional[ArrayLike] = None,
+    x2: ArrayLike | None = None,
 ) -> None:
     """H (groups, d, d) += Gram of x's im2col rows per group (cross-Gram with x2 if given)."""
     _C.conv_gram_accumulate(

@@ -12,8 +12,6 @@ Methods that learn something (AdaRound's soft rounding, AQuant's borders) set
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,10 +76,10 @@ class QuantLayer(nn.Module):
         codes: torch.Tensor,
         scale: torch.Tensor,
         zero: torch.Tensor,
-        bias: Optional[torch.Tensor],
+        bias: torch.Tensor | None,
         w_bits: int,
         weight_shape: tuple[int, ...],
-        act_quant: Optional[nn.Module] = None,
+        act_quant: nn.Module | None = None,
     ):
         super().__init__()
         self.w_bits = int(w_bits)
@@ -94,7 +92,7 @@ class QuantLayer(nn.Module):
         else:
             self.bias = None
         self.act_quant = act_quant
-        self.weight_override: Optional[torch.Tensor] = None
+        self.weight_override: torch.Tensor | None = None
 
     @property
     def granularity(self) -> str:
@@ -104,7 +102,7 @@ class QuantLayer(nn.Module):
         return "channel" if G == 1 else "group"
 
     @property
-    def group_size(self) -> Optional[int]:
+    def group_size(self) -> int | None:
         G = self.scale.shape[1]
         return self.codes.shape[1] // G if G > 1 else None
 
@@ -126,7 +124,7 @@ class QuantLayer(nn.Module):
         return self.act_quant(x) if self.act_quant is not None else x
 
     @property
-    def a_bits(self) -> Optional[int]:
+    def a_bits(self) -> int | None:
         return getattr(self.act_quant, "bits", None)
 
 
@@ -175,3 +173,43 @@ def float_weight_2d(module: nn.Module) -> torch.Tensor:
     """(out, K) float weight of an nn.Linear / nn.Conv2d / QuantLayer."""
     w = module.weight.detach()
     return w.reshape(w.shape[0], -1)
+
+
+def weight_grid(w2d: torch.Tensor, bits: int, granularity: str, group_size: int | None, symmetric: bool,
+                p: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero (R, G) for a (out, K) weight from the Lp range search (C++)."""
+    from lowbit import _native
+
+    rows = 1 if granularity == "tensor" else w2d.shape[0]
+    groups = w2d.shape[1] // group_size if granularity == "group" else 1
+    scale, zero = _native.lp_range_search(w2d, bits, symmetric=symmetric, p=p, rows=rows, groups=groups)
+    return torch.from_numpy(scale), torch.from_numpy(zero)
+
+
+def round_nearest(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes (out, K) of w2d rounded to the nearest grid point (C++)."""
+    from lowbit import _native
+
+    return torch.from_numpy(_native.quantize(w2d, scale, zero, bits))
+
+
+def act_quantizer_from_samples(values: torch.Tensor, bits: int, vmin: float, p: float = 2.4) -> UniformActQuantizer:
+    """Per-tensor activation quantizer whose range minimises the Lp error on sampled values;
+    unsigned (zero point 0) when the input was never negative."""
+    from lowbit import _native
+
+    scale, zero = _native.lp_range_search(values.reshape(1, -1), bits, symmetric=False, p=p)
+    return UniformActQuantizer(bits, float(scale[0, 0]), float(zero[0, 0]), signed=vmin < 0)
+
+
+def quant_layer_from_float(module: nn.Module, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                           w_bits: int, act_quant: nn.Module | None = None) -> QuantLayer:
+    """The QuantLinear / QuantConv2d standing in for ``module`` with the given weight codes."""
+    kw = dict(codes=codes, scale=scale, zero=zero, w_bits=w_bits, act_quant=act_quant,
+              bias=None if module.bias is None else module.bias.detach())
+    if isinstance(module, nn.Linear):
+        return QuantLinear(module.in_features, module.out_features, **kw)
+    if isinstance(module, nn.Conv2d):
+        return QuantConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                           module.padding, module.dilation, module.groups, **kw)
+    raise TypeError(f"cannot quantize {type(module).__name__}")

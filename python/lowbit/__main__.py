@@ -1,0 +1,166 @@
+"""Command line: ``python -m lowbit demo | eval | methods``.
+
+    python -m lowbit eval --model fmnist-resnet --method adaround --w-bits 3 --json
+    python -m lowbit demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Optional
+
+DEMO_SETTINGS = ((8, 8), (4, 8), (3, None), (2, None))
+
+
+def weight_bytes(model) -> int:
+    """Weight bytes as packed: codes at their bit width, plus fp16 scale and zero per unit,
+    plus float32 for any parameter lowbit did not quantize."""
+    from lowbit.quantizers import QuantLayer
+
+    total = 0
+    quantized = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLayer):
+            quantized.add(name)
+            total += (mod.codes.numel() * mod.w_bits + 7) // 8 + 4 * mod.scale.numel()
+            total += 0 if mod.bias is None else 4 * mod.bias.numel()
+    for name, p in model.named_parameters():
+        if name.rpartition(".")[0] not in quantized:
+            total += 4 * p.numel()
+    return int(total)
+
+
+def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], seed: int = 0,
+             quick: bool = False, progress: bool = True, options: Optional[dict] = None) -> dict[str, Any]:
+    """Quantize a zoo model with `method` and score it; the record the CLI prints."""
+    import lowbit
+    from lowbit import zoo
+
+    task = zoo.load_task(model_name, seed=seed, quick=quick)
+    fp = task.evaluate(task.model)
+    stages = method.split("+")
+    t0 = time.perf_counter()
+    qmodel = lowbit.quantize(task.model, task.calib_loader, stages if len(stages) > 1 else method,
+                             w_bits=w_bits, a_bits=a_bits, seed=seed, progress=progress,
+                             config=options or None, **task.quantize_kwargs)
+    seconds = time.perf_counter() - t0
+    q = task.evaluate(qmodel)
+    rep = lowbit.report(qmodel)
+    bits = {row.name: row.w_bits for row in rep.layers}
+    return {
+        "model": model_name, "method": method, "w_bits": w_bits, "a_bits": a_bits, "seed": seed,
+        "metric_name": task.metric_name, "fp_metric": round(fp["metric"], 3), "metric": round(q["metric"], 3),
+        "agreement": round(q["agreement"], 3), "size_bytes": weight_bytes(qmodel),
+        "fp_size_bytes": weight_bytes(task.model), "seconds": round(seconds, 2),
+        "avg_bits": round(sum(bits.values()) / len(bits), 3), "bits_per_layer": bits,
+    }
+
+
+def _bits(text: str) -> Optional[int]:
+    return None if text.lower() in ("none", "32", "fp", "float") else int(text)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    options = json.loads(args.options) if args.options else None
+    rec = evaluate(args.model, args.method, args.w_bits, args.a_bits, args.seed, args.quick,
+                   progress=not args.json, options=options)
+    a = "32" if rec["a_bits"] is None else rec["a_bits"]
+    print(f"{rec['model']}  {rec['method']}  W{rec['w_bits']}A{a}  seed {rec['seed']}")
+    print(f"  {rec['metric_name']}: {rec['metric']:.2f} %  (FP {rec['fp_metric']:.2f} %)   "
+          f"agreement with FP: {rec['agreement']:.2f} %")
+    print(f"  weights: {rec['size_bytes'] / 1e3:.1f} kB (FP {rec['fp_size_bytes'] / 1e3:.1f} kB)   "
+          f"quantization time: {rec['seconds']:.1f} s")
+    if args.json:
+        print(json.dumps(rec))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import lowbit
+    from lowbit import zoo
+
+    task = zoo.load_task("fmnist-resnet", seed=args.seed, quick=args.quick)
+    fp = task.evaluate(task.model)
+    methods = lowbit.list_methods()
+    print(f"fmnist-resnet: FP {task.metric_name} {fp['metric']:.2f} %   methods: {', '.join(methods)}")
+    rows = []
+    for method in methods:
+        for w, a in DEMO_SETTINGS:
+            t0 = time.perf_counter()
+            try:
+                q = lowbit.quantize(task.model, task.calib_loader, method, w_bits=w, a_bits=a,
+                                    seed=args.seed, progress=False, config=_demo_config(method, args.quick))
+            except NotImplementedError as e:  # a method that does not cover this setting says so
+                rows.append((method, w, a, None, None, None, str(e)))
+                continue
+            res = task.evaluate(q)
+            rows.append((method, w, a, res["metric"], res["agreement"], time.perf_counter() - t0, ""))
+            print(f"  {method:<11} W{w}A{a or 32:<3} {res['metric']:6.2f} %  ({time.perf_counter() - t0:.1f} s)",
+                  file=sys.stderr)
+    print()
+    print(f"| method | W/A | {task.metric_name} % | agreement % | seconds |")
+    print("|---|---|---|---|---|")
+    print(f"| FP32 | 32/32 | {fp['metric']:.2f} | 100.00 | - |")
+    for method, w, a, metric, agree, sec, why in rows:
+        wa = f"{w}/{a or 32}"
+        if metric is None:
+            print(f"| {method} | {wa} | n/a | n/a | {why} |")
+        else:
+            print(f"| {method} | {wa} | {metric:.2f} | {agree:.2f} | {sec:.1f} |")
+    return 0
+
+
+def _demo_config(method: str, quick: bool) -> Optional[dict]:
+    """The demo's per-method options: the defaults, with fewer iterations under --quick."""
+    from lowbit.registry import get_method
+
+    fields = getattr(get_method(method).config_cls, "__dataclass_fields__", {})
+    return {"iters": 200} if quick and "iters" in fields else None
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from lowbit.registry import get_method, list_methods
+
+    for name in list_methods():
+        print(f"{name:<12} {get_method(name).summary}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lowbit", description="lowbit: low-bit post-training quantization")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("eval", help="quantize a bundled model with one method and score it")
+    p.add_argument("--model", required=True, choices=["fmnist-resnet", "mobilenet_v2", "minilm"])
+    p.add_argument("--method", default="nearest", help="a method or stages joined by '+', e.g. clado+adaround")
+    p.add_argument("--w-bits", type=int, default=4)
+    p.add_argument("--a-bits", type=_bits, default=None, help="activation bits (default: float)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--options", help="method options as JSON, e.g. '{\"iters\": 2000}'")
+    p.add_argument("--quick", action="store_true", help="smaller evaluation subset")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("demo", help="every method on fmnist-resnet at W8A8, W4A8, W3A32, W2A32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("methods", help="list the registered methods")
+    p.set_defaults(fn=cmd_methods)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One file per quantization method; each registers itself with lowbit.registry."""
