@@ -148,11 +148,11 @@ def test_rows_with_relu_bias_and_minibatch_match_reference():
     Y = np.maximum(X @ W.T + b, 0).astype(np.float32)
     Wt, _ = N.rounding_soft_weight(W, s, z, 3, perturbed_v(rng, W, s, z))
     for step in (1, 2, 9):
-        l, g = N.rounding_rows_loss_grad(W, s, z, 3, Wt, Xq, Y, bias=b, relu=True, batch=8,
+        loss, g = N.rounding_rows_loss_grad(W, s, z, 3, Wt, Xq, Y, bias=b, relu=True, batch=8,
                                          seed=11, step=step)
         lr_, gr_ = R.rounding_rows_loss_grad(Wt, Xq, Y, bias=b, relu=True, batch=8, seed=11,
                                              step=step)
-        assert abs(l - lr_) / lr_ < 1e-5 and rel(g, gr_) < 1e-5
+        assert abs(loss - lr_) / lr_ < 1e-5 and rel(g, gr_) < 1e-5
 
 
 # --- optimiser step --------------------------------------------------------------------
@@ -306,3 +306,28 @@ def test_binding_refuses_copies_and_names_wrong_shapes():
                                   np.zeros((3, 2, 5), np.float32))
     with pytest.raises(ValueError, match="step must be"):
         N.rounding_apply_grad(W, s, z, 3, V, m, v, g, 0, S)
+
+
+# --- instruction-set variants ------------------------------------------------------------
+
+_ISA_ORDER = ["scalar", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("isa", _ISA_ORDER[1:])
+@pytest.mark.parametrize("objective", ["gram", "rows"])
+def test_isa_variants_give_the_scalar_bits(isa, objective):
+    detected = N.detected_isa()
+    rank = {n: i for i, n in enumerate(["scalar", "avx2", "avx512", "avx512vnni", "amx"])}
+    if rank[detected] < rank[isa]:
+        pytest.skip(f"this CPU has no {isa}")
+    out = []
+    try:
+        for name in ("scalar", isa):
+            N.set_isa(name)
+            assert N.active_isa() == name
+            out.append(_run_twice(objective, 1, 1, [40])[0])
+    finally:
+        N.set_isa(None)
+    (V_s, r_s), (V_i, r_i) = out
+    np.testing.assert_array_equal(V_s, V_i)
+    np.testing.assert_array_equal(r_s, r_i)

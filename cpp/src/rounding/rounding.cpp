@@ -8,6 +8,7 @@
 #include "lowbit/check.h"
 #include "lowbit/parallel.h"
 #include "matmul.h"
+#include "rounding_kernels.h"
 
 namespace lowbit {
 
@@ -15,121 +16,90 @@ using rounding_detail::matmul;
 
 namespace {
 
-constexpr float kSpan = kRoundZeta - kRoundGamma;  // zeta - gamma = 1.2
-
-inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
-
 // Rows of W per parallel chunk of the elementwise passes: about 16k weights, fixed by d only.
 int64_t row_grain(int64_t d) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(d, 1)); }
 
-// Per-element view of the grid of row r: scale and zero of column c.
-struct RowGrid {
-  const float* scale;
-  const float* zero;
-  int64_t gsize;
-  float s(int64_t c) const { return scale[c / gsize]; }
-  float z(int64_t c) const { return zero[c / gsize]; }
-};
-
-RowGrid grid_of(const RoundingLayer& L, int64_t r) {
-  const int64_t u = (L.qp.R == 1 ? 0 : r) * L.qp.G;
-  return {L.qp.scale + u, L.qp.zero + u, L.W.cols / L.qp.G};
-}
-
 inline float qmax_of(const QuantParams& qp) { return float((1 << qp.bits) - 1); }
 
-// h and W~ of one weight from sigma(V).
-inline void soft_of(float w, float s, float z, float qmax, float sig, float* h, float* wt) {
-  const float hh = std::min(std::max(sig * kSpan + kRoundGamma, 0.0f), 1.0f);
-  const float q = std::min(std::max(std::floor(w / s) + hh + z, 0.0f), qmax);
-  *h = hh;
-  *wt = s * (q - z);
+// Calls fn(c0, c1, s, z) for each grid segment of row r (constant scale and zero).
+template <class Fn>
+void for_segments(const RoundingLayer& L, int64_t r, Fn&& fn) {
+  const int64_t u0 = (L.qp.R == 1 ? 0 : r) * L.qp.G, gsize = L.W.cols / L.qp.G;
+  for (int64_t g = 0; g < L.qp.G; ++g)
+    fn(g * gsize, (g + 1) * gsize, L.qp.scale[u0 + g], L.qp.zero[u0 + g]);
 }
 
-// Reductions of one chunk of the elementwise update, summed in chunk order afterwards.
+// base = floor(W / s) + z (o, d): the integer part of every soft weight's grid position.
+std::vector<float> grid_base(const RoundingLayer& L) {
+  const int64_t d = L.W.cols;
+  std::vector<float> base(size_t(L.W.rows * d));
+  parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        const float* w = L.W.row(r);
+        float* b = base.data() + r * d;
+        for (int64_t c = c0; c < c1; ++c) b[c] = std::floor(w[c] / s) + z;
+      });
+  });
+  return base;
+}
+
+// sigma(V), h(V), W~(V) of all rows; outputs (o, d) contiguous or nullptr.
+void soft_all(const RoundingLayer& L, const float* base, const float* V, int64_t v_stride,
+              float* sig, float* h, float* Wt) {
+  const int64_t d = L.W.cols;
+  const float qmax = qmax_of(L.qp);
+  const auto k = rounding_detail::kernels();
+  parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        const int64_t i = r * d + c0;
+        k.soft(c1 - c0, base + i, V + r * v_stride + c0, s, z, qmax, sig ? sig + i : nullptr,
+               h ? h + i : nullptr, Wt ? Wt + i : nullptr);
+      });
+  });
+}
+
 struct Partial {
   double reg = 0;
   int64_t soft = 0;
 };
 
-// The fused elementwise step over rows [r0, r1): gradient dL/dW~ in g (o, d) -> chain rule
-// through W~ and h, regulariser, Adam on V, then sigma(V), W~ of the new V into sig, Wt.
-Partial update_rows(const RoundingLayer& L, RoundingState st, const float* g, float* sig,
-                    float* Wt, int64_t r0, int64_t r1, int64_t t, const RoundingSchedule& sch) {
-  const int64_t d = L.W.cols;
-  const float qmax = qmax_of(L.qp);
-  const bool reg_on = sch.reg_on(t);
-  const float beta = sch.beta_at(t);
-  const float lam = sch.reg_lambda;
-  const float b1 = sch.adam_beta1, b2 = sch.adam_beta2;
-  const float bc1 = 1.0f - float(std::pow(double(b1), double(t)));
-  const float bc2 = 1.0f - float(std::pow(double(b2), double(t)));
-  const float step_size = sch.lr / bc1, bc2_sqrt = std::sqrt(bc2);
-  Partial p;
-  for (int64_t r = r0; r < r1; ++r) {
-    const RowGrid gr = grid_of(L, r);
-    const float* w = L.W.row(r);
-    const float* gw = g + r * d;
-    float* V = st.V.row(r);
-    float* m = st.m.row(r);
-    float* v = st.v.row(r);
-    float* sg = sig + r * d;
-    float* wt = Wt + r * d;
-    double reg = 0;
-    for (int64_t c = 0; c < d; ++c) {
-      const float s = gr.s(c), z = gr.z(c);
-      const float sgm = sg[c];
-      const float hraw = sgm * kSpan + kRoundGamma;
-      const float h = std::min(std::max(hraw, 0.0f), 1.0f);
-      const float dh_dv = (hraw >= 0.0f && hraw <= 1.0f) ? sgm * (1.0f - sgm) * kSpan : 0.0f;
-      const float fl = std::floor(w[c] / s);
-      const float q = fl + h + z;
-      float gh = (q >= 0.0f && q <= qmax) ? gw[c] * s : 0.0f;
-      p.soft += (h > 0.01f && h < 0.99f);
-      if (reg_on) {
-        const float u = 2.0f * h - 1.0f, au = std::fabs(u);
-        const float pw = std::pow(au, beta - 1.0f);  // |u|^(beta-1)
-        reg += double(1.0f - pw * au);
-        const float sign = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
-        gh += -lam * beta * pw * sign * 2.0f;
-      }
-      const float gv = gh * dh_dv;
-      m[c] = b1 * m[c] + (1.0f - b1) * gv;
-      v[c] = b2 * v[c] + (1.0f - b2) * gv * gv;
-      V[c] -= step_size * m[c] / (std::sqrt(v[c]) / bc2_sqrt + sch.adam_eps);
-      const float ns = sigmoid(V[c]);
-      float hn;
-      sg[c] = ns;
-      soft_of(w[c], s, z, qmax, ns, &hn, &wt[c]);
-    }
-    p.reg += double(lam) * reg;
-  }
-  return p;
-}
-
-// sigma(V) and W~(V) of all rows (the state a run starts from).
-void prepare(const RoundingLayer& L, ConstMatrixView<float> V, float* sig, float* Wt) {
-  const int64_t d = L.W.cols;
-  const float qmax = qmax_of(L.qp);
-  parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const RowGrid gr = grid_of(L, r);
-      for (int64_t c = 0; c < d; ++c) {
-        float h;
-        sig[r * d + c] = sigmoid(V(r, c));
-        soft_of(L.W(r, c), gr.s(c), gr.z(c), qmax, sig[r * d + c], &h, &Wt[r * d + c]);
-      }
-    }
-  });
-}
-
-// Runs update_rows over all rows in parallel and reduces the partials in chunk order.
-RoundingStats update_all(const RoundingLayer& L, RoundingState st, const float* g, float* sig,
-                         float* Wt, int64_t t, const RoundingSchedule& sch) {
-  const int64_t o = L.W.rows, grain = row_grain(L.W.cols);
+// The fused elementwise step (rounding_kernels.h) over all rows; g is overwritten.
+RoundingStats update_all(const RoundingLayer& L, RoundingState st, const float* base, float* g,
+                         float* sig, float* Wt, int64_t t, const RoundingSchedule& sch) {
+  const int64_t o = L.W.rows, d = L.W.cols, grain = row_grain(d);
+  const auto k = rounding_detail::kernels();
+  rounding_detail::UpdateArgs a{};
+  a.qmax = qmax_of(L.qp);
+  a.b1 = sch.adam_beta1;
+  a.b2 = sch.adam_beta2;
+  a.one_m_b1 = 1.0f - a.b1;
+  a.one_m_b2 = 1.0f - a.b2;
+  a.step_size = float(double(sch.lr) / (1.0 - std::pow(double(a.b1), double(t))));
+  a.bc2_sqrt = float(std::sqrt(1.0 - std::pow(double(a.b2), double(t))));
+  a.eps = sch.adam_eps;
+  a.lam = sch.reg_lambda;
+  a.beta = sch.beta_at(t);
+  a.reg_on = sch.reg_on(t);
   std::vector<Partial> parts(size_t((o + grain - 1) / grain));
   parallel_for(0, o, grain, [&](int64_t r0, int64_t r1) {
-    parts[size_t(r0 / grain)] = update_rows(L, st, g, sig, Wt, r0, r1, t, sch);
+    Partial p;
+    for (int64_t r = r0; r < r1; ++r)
+      for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        rounding_detail::UpdateArgs as = a;
+        as.s = s;
+        as.z = z;
+        const int64_t i = r * d + c0, n = c1 - c0;
+        p.soft += k.update(n, base + i, g + i, st.V.row(r) + c0, st.m.row(r) + c0,
+                           st.v.row(r) + c0, sig + i, Wt + i, as);
+        if (a.reg_on) {
+          double acc = 0;
+          for (int64_t j = 0; j < n; ++j) acc += double(g[i + j]);
+          p.reg += acc;
+        }
+      });
+    parts[size_t(r0 / grain)] = p;
   });
   RoundingStats out;
   int64_t soft = 0;
@@ -137,7 +107,8 @@ RoundingStats update_all(const RoundingLayer& L, RoundingState st, const float* 
     out.reg_loss += p.reg;
     soft += p.soft;
   }
-  out.soft_frac = double(soft) / double(std::max<int64_t>(1, o * L.W.cols));
+  out.reg_loss *= double(sch.reg_lambda);
+  out.soft_frac = double(soft) / double(std::max<int64_t>(1, o * d));
   return out;
 }
 
@@ -311,33 +282,34 @@ void rounding_init(const RoundingLayer& L, MatrixView<float> V) {
   check_rounding_layer(L);
   const int64_t d = L.W.cols;
   parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const RowGrid gr = grid_of(L, r);
-      for (int64_t c = 0; c < d; ++c) {
-        const float x = L.W(r, c) / gr.s(c);
-        const float frac = x - std::floor(x);  // [0, 1): V is finite
-        V(r, c) = -std::log(kSpan / (frac - kRoundGamma) - 1.0f);
-      }
-    }
+    const float span = kRoundZeta - kRoundGamma;
+    for (int64_t r = r0; r < r1; ++r)
+      for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const float x = L.W(r, c) / s;
+          const float frac = x - std::floor(x);  // [0, 1): V is finite
+          V(r, c) = -std::log(span / (frac - kRoundGamma) - 1.0f);
+        }
+      });
   });
 }
 
 void rounding_soft_weight(const RoundingLayer& L, ConstMatrixView<float> V, MatrixView<float> Wt,
                           MatrixView<float> h) {
   check_rounding_layer(L);
-  const int64_t d = L.W.cols;
-  const float qmax = qmax_of(L.qp);
-  parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const RowGrid gr = grid_of(L, r);
-      for (int64_t c = 0; c < d; ++c) {
-        float hh, wt;
-        soft_of(L.W(r, c), gr.s(c), gr.z(c), qmax, sigmoid(V(r, c)), &hh, &wt);
-        if (Wt.data) Wt(r, c) = wt;
-        if (h.data) h(r, c) = hh;
-      }
-    }
-  });
+  const int64_t o = L.W.rows, d = L.W.cols;
+  const std::vector<float> base = grid_base(L);
+  std::vector<float> wt_buf, h_buf;
+  // Outputs with a row stride other than d go through a contiguous buffer.
+  float* wt = Wt.data && Wt.stride == d ? Wt.data : nullptr;
+  float* hh = h.data && h.stride == d ? h.data : nullptr;
+  if (Wt.data && !wt) wt_buf.resize(size_t(o * d)), wt = wt_buf.data();
+  if (h.data && !hh) h_buf.resize(size_t(o * d)), hh = h_buf.data();
+  soft_all(L, base.data(), V.data, V.stride, nullptr, hh, wt);
+  for (int64_t r = 0; r < o; ++r) {
+    if (!wt_buf.empty()) std::copy(wt + r * d, wt + (r + 1) * d, Wt.row(r));
+    if (!h_buf.empty()) std::copy(hh + r * d, hh + (r + 1) * d, h.row(r));
+  }
 }
 
 void rounding_hard_codes(const RoundingLayer& L, ConstMatrixView<float> V,
@@ -346,14 +318,13 @@ void rounding_hard_codes(const RoundingLayer& L, ConstMatrixView<float> V,
   const int64_t d = L.W.cols;
   const float qmax = qmax_of(L.qp);
   parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const RowGrid gr = grid_of(L, r);
-      for (int64_t c = 0; c < d; ++c) {
-        const float q = std::floor(L.W(r, c) / gr.s(c)) + (V(r, c) >= 0.0f ? 1.0f : 0.0f) +
-                        gr.z(c);
-        codes(r, c) = uint8_t(std::min(std::max(q, 0.0f), qmax));
-      }
-    }
+    for (int64_t r = r0; r < r1; ++r)
+      for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const float q = std::floor(L.W(r, c) / s) + z + (V(r, c) >= 0.0f ? 1.0f : 0.0f);
+          codes(r, c) = uint8_t(std::min(std::max(q, 0.0f), qmax));
+        }
+      });
   });
 }
 
@@ -366,9 +337,11 @@ RoundingStats rounding_apply_grad(const RoundingLayer& L, RoundingState st,
   const int64_t o = L.W.rows, d = L.W.cols;
   LOWBIT_CHECK(grad_Wt.rows == o && grad_Wt.cols == d && grad_Wt.stride == d,
                "grad must be (" << o << ", " << d << ")");
+  const std::vector<float> base = grid_base(L);
   std::vector<float> sig(size_t(o * d)), Wt(size_t(o * d));
-  prepare(L, st.V, sig.data(), Wt.data());
-  return update_all(L, st, grad_Wt.data, sig.data(), Wt.data(), t, sch);
+  std::vector<float> g(grad_Wt.data, grad_Wt.data + o * d);
+  soft_all(L, base.data(), st.V.data, st.V.stride, sig.data(), nullptr, Wt.data());
+  return update_all(L, st, base.data(), g.data(), sig.data(), Wt.data(), t, sch);
 }
 
 double gram_loss_grad(const RoundingLayer& L, ConstMatrixView<float> Wt, const GramObjective& g,
@@ -403,12 +376,13 @@ RoundingStats rounding_run_gram(const RoundingLayer& L, RoundingState st, const 
   std::vector<float> P(size_t(o * d)), Out(size_t(o * d)), sig(size_t(o * d)),
       Wt(size_t(o * d));
   gram_target(L, g, P.data());
-  prepare(L, st.V, sig.data(), Wt.data());
+  const std::vector<float> base = grid_base(L);
+  soft_all(L, base.data(), st.V.data, st.V.stride, sig.data(), nullptr, Wt.data());
   RoundingStats stats;
   for (int64_t i = 0; i < nsteps; ++i) {
     const int64_t t = step0 + i + 1;
     const double rec = gram_eval(L, Wt.data(), g, P.data(), Out.data(), Out.data());
-    stats = update_all(L, st, Out.data(), sig.data(), Wt.data(), t, sch);
+    stats = update_all(L, st, base.data(), Out.data(), sig.data(), Wt.data(), t, sch);
     if (rec_loss) rec_loss[i] = float(rec);
     if (reg_loss) reg_loss[i] = float(stats.reg_loss);
   }
@@ -424,14 +398,15 @@ RoundingStats rounding_run_rows(const RoundingLayer& L, RoundingState st, const 
   LOWBIT_CHECK(step0 >= 0 && nsteps >= 0, "step0 and nsteps must be >= 0");
   const int64_t o = L.W.rows, d = L.W.cols;
   std::vector<float> grad(size_t(o * d)), sig(size_t(o * d)), Wt(size_t(o * d));
-  prepare(L, st.V, sig.data(), Wt.data());
+  const std::vector<float> base = grid_base(L);
+  soft_all(L, base.data(), st.V.data, st.V.stride, sig.data(), nullptr, Wt.data());
   RowsScratch sc;
   RoundingStats stats;
   for (int64_t i = 0; i < nsteps; ++i) {
     const int64_t t = step0 + i + 1;
     batch_of(r, t, sc.idx);
     const double rec = rows_eval(L, Wt.data(), r, sc.idx, sc, grad.data());
-    stats = update_all(L, st, grad.data(), sig.data(), Wt.data(), t, sch);
+    stats = update_all(L, st, base.data(), grad.data(), sig.data(), Wt.data(), t, sch);
     if (rec_loss) rec_loss[i] = float(rec);
     if (reg_loss) reg_loss[i] = float(stats.reg_loss);
   }
