@@ -1,22 +1,30 @@
 #include "matmul.h"
 
-#include <Eigen/Dense>
 #include <algorithm>
+#include <vector>
 
 #include "lowbit/parallel.h"
+#include "rounding_kernels.h"
 
 namespace lowbit::rounding_detail {
 
 namespace {
 
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using Stride = Eigen::OuterStride<>;
-using ConstMap = Eigen::Map<const RowMat, 0, Stride>;
-using Map = Eigen::Map<RowMat, 0, Stride>;
+// Tile edges of C handed to one kernel call: functions of the shape only. The kernel sums
+// every element of C over the whole K in k order, so tiling and threads never change the bits.
+int64_t tile_m(int64_t M) { return M <= 64 ? std::max<int64_t>(4, (M + 1) / 2) : 64; }
+int64_t tile_n(int64_t N) { return N <= 256 ? N : 256; }
 
-// Tile edge of C: a function of the shape only, so every element of C is reduced over the
-// whole K by one Eigen call, in the same order whatever the thread count.
-int64_t tile_of(int64_t n) { return n <= 192 ? n : 128; }
+// dst (cols, rows) = src (rows, cols)^T, src with leading dimension ld.
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
+  constexpr int64_t T = 32;
+  parallel_for(0, (cols + T - 1) / T, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t r0 = 0; r0 < rows; r0 += T)
+        for (int64_t c = b * T; c < std::min(cols, (b + 1) * T); ++c)
+          for (int64_t r = r0; r < std::min(rows, r0 + T); ++r) dst[c * rows + r] = src[r * ld + c];
+  });
+}
 
 }  // namespace
 
@@ -24,34 +32,48 @@ void matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float a
             const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
             int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  const int64_t tm = tile_of(M), tn = tile_of(N);
+  // op(A), op(B) as row-major (M, K) and (K, N): transposed operands are copied once.
+  std::vector<float> at, bt;
+  if (trans_a && K > 0) {
+    at.resize(size_t(M * K));
+    transpose(A, K, M, lda, at.data());
+    A = at.data();
+    lda = K;
+  }
+  if (trans_b && K > 0) {
+    bt.resize(size_t(K * N));
+    transpose(B, N, K, ldb, bt.data());
+    B = bt.data();
+    ldb = N;
+  }
+  const Kernels k = kernels();
+  const bool plain = alpha == 1.0f && beta == 0.0f;
+  std::vector<float> prod;
+  float* P = C;
+  int64_t ldp = ldc;
+  if (!plain) {
+    prod.resize(size_t(M * N));
+    P = prod.data();
+    ldp = N;
+  }
+  const int64_t tm = tile_m(M), tn = tile_n(N);
   const int64_t tiles_m = (M + tm - 1) / tm, tiles_n = (N + tn - 1) / tn;
   parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t m0 = (t / tiles_n) * tm, n0 = (t % tiles_n) * tn;
       const int64_t mb = std::min(tm, M - m0), nb = std::min(tn, N - n0);
-      Map c(C + m0 * ldc + n0, mb, nb, Stride(ldc));
-      if (beta == 0.0f) c.setZero();
-      else if (beta != 1.0f) c *= beta;
-      if (K <= 0) continue;
-      // op(A) rows m0.. and op(B) columns n0..
-      if (!trans_a && !trans_b) {
-        ConstMap a(A + m0 * lda, mb, K, Stride(lda));
-        ConstMap b(B + n0, K, nb, Stride(ldb));
-        c.noalias() += alpha * (a * b);
-      } else if (!trans_a && trans_b) {
-        ConstMap a(A + m0 * lda, mb, K, Stride(lda));
-        ConstMap b(B + n0 * ldb, nb, K, Stride(ldb));
-        c.noalias() += alpha * (a * b.transpose());
-      } else if (trans_a && !trans_b) {
-        ConstMap a(A + m0, K, mb, Stride(lda));
-        ConstMap b(B + n0, K, nb, Stride(ldb));
-        c.noalias() += alpha * (a.transpose() * b);
-      } else {
-        ConstMap a(A + m0, K, mb, Stride(lda));
-        ConstMap b(B + n0 * ldb, nb, K, Stride(ldb));
-        c.noalias() += alpha * (a.transpose() * b.transpose());
+      if (K <= 0) {
+        for (int64_t i = 0; i < mb; ++i) std::fill_n(P + (m0 + i) * ldp + n0, nb, 0.0f);
+        continue;
       }
+      k.gemm(mb, nb, K, A + m0 * lda, lda, B + n0, ldb, P + m0 * ldp + n0, ldp);
+      if (!plain)
+        for (int64_t i = m0; i < m0 + mb; ++i)
+          for (int64_t j = n0; j < n0 + nb; ++j) {
+            float& c = C[i * ldc + j];
+            const float ab = alpha * P[i * ldp + j];
+            c = beta == 0.0f ? ab : ab + beta * c;
+          }
     }
   });
 }
