@@ -163,23 +163,25 @@ void bind_rounding(py::module_& m) {
       "rounding_apply_grad",
       [](const Array<float>& W, const Array<float>& scale, const Array<float>& zero, int bits,
          Array<float>& V, Array<float>& mom, Array<float>& vel, const Array<float>& grad,
-         int64_t step, const RoundingSchedule& sch) {
+         int64_t step, const RoundingSchedule& sch, py::object Wt_next) {
         auto L = layer_of(W, scale, zero, bits, 1);
         RoundingState st{state_out(V, L, "V"), state_out(mom, L, "m"), state_out(vel, L, "v")};
         check_shape(grad, {L.W.rows, L.W.cols}, "grad");
         auto gv = matrix_in(grad, "grad");
         if (step < 1) throw py::value_error("step must be >= 1, got " + std::to_string(step));
+        MatrixView<float> wn(optional_out_f32(Wt_next, "Wt_next", {L.W.rows, L.W.cols}),
+                             L.W.rows, L.W.cols);
         RoundingStats s;
         {
           py::gil_scoped_release release;
-          s = rounding_apply_grad(L, st, gv, step, sch);
+          s = rounding_apply_grad(L, st, gv, step, sch, wn);
         }
         return stats_tuple(s);
       },
       py::arg("W").noconvert(), py::arg("scale").noconvert(), py::arg("zero").noconvert(),
       py::arg("bits"), py::arg("V").noconvert(), py::arg("m").noconvert(),
       py::arg("v").noconvert(), py::arg("grad").noconvert(), py::arg("step"),
-      py::arg("schedule"));
+      py::arg("schedule"), py::arg("Wt_next") = py::none());
   m.def(
       "rounding_gram_loss_grad",
       [](const Array<float>& W, const Array<float>& scale, const Array<float>& zero, int bits,

@@ -266,13 +266,16 @@ def rounding_hard_codes(W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: i
 def rounding_apply_grad(
     W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int,
     V: ArrayLike, m: ArrayLike, v: ArrayLike, grad: ArrayLike, step: int, schedule,
+    *, Wt_next: Optional[ArrayLike] = None,
 ) -> tuple[float, float]:
     """One optimiser step from dL/dW~ (o, d): chain rule, regulariser at step t, Adam on V, m, v
-    (in place). Returns (regulariser loss, share of h not yet binary) at the step's V."""
+    (in place). Returns (regulariser loss, share of h not yet binary) at the step's V.
+    Wt_next (o, d), when given, receives W~ of the updated V (e.g. a torch-owned buffer)."""
     w, s, z = _grid(W, scale, zero)
     reg, soft = _C.rounding_apply_grad(
         w, s, z, int(bits), inout_f32(V, "V").reshape(w.shape), inout_f32(m, "m").reshape(w.shape),
         inout_f32(v, "v").reshape(w.shape), as_f32(grad).reshape(w.shape), int(step), schedule,
+        None if Wt_next is None else inout_f32(Wt_next, "Wt_next"),
     )
     return float(reg), float(soft)
 

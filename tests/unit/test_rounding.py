@@ -331,3 +331,39 @@ def test_isa_variants_give_the_scalar_bits(isa, objective):
     (V_s, r_s), (V_i, r_i) = out
     np.testing.assert_array_equal(V_s, V_i)
     np.testing.assert_array_equal(r_s, r_i)
+
+
+def test_isa_variants_agree_on_a_gram_wide_enough_to_pack():
+    # d = 768: H spans more than 2 MiB, the AVX-512 product packs panels of it.
+    rng = np.random.default_rng(13)
+    W, s, z = make_layer(rng, 13, 768)
+    X = rng.standard_normal((900, 768)).astype(np.float32)
+    H = np.zeros((768, 768), np.float32)
+    N.gram_accumulate(X, H)
+    sched = native_schedule(dict(SCHED, iters=10))
+    out = []
+    try:
+        for name in ("scalar", N.detected_isa()):
+            N.set_isa(name if name in _ISA_ORDER else "avx512")
+            V = N.rounding_init(W, s, z, 3)
+            m, v = np.zeros_like(V), np.zeros_like(V)
+            rec, _, _ = N.rounding_run_gram(W, s, z, 3, V, m, v, H, H, 1.0, 900.0, sched, 0, 3)
+            out.append((V, rec))
+    finally:
+        N.set_isa(None)
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+def test_apply_grad_hands_back_the_next_soft_weight():
+    rng = np.random.default_rng(14)
+    W, s, z = make_layer(rng, 5, 9)
+    V = perturbed_v(rng, W, s, z)
+    m, v = np.zeros_like(V), np.zeros_like(V)
+    g = rng.standard_normal(W.shape).astype(np.float32)
+    nxt = np.full(W.shape, np.nan, np.float32)
+    N.rounding_apply_grad(W, s, z, 3, V, m, v, g, 30, native_schedule(), Wt_next=nxt)
+    np.testing.assert_array_equal(nxt, N.rounding_soft_weight(W, s, z, 3, V)[0])
+    with pytest.raises(ValueError, match="Wt_next"):
+        N.rounding_apply_grad(W, s, z, 3, V, m, v, g, 31, native_schedule(),
+                              Wt_next=np.zeros((5, 8), np.float32))

@@ -95,9 +95,10 @@ struct RoundingStats {
 // One optimiser step given dL/dW~ (o, d) of the reconstruction loss at the current V: chain
 // rule through W~ and h, add the regulariser's gradient (step t, 1-based), Adam-update V, m, v.
 // This is the block-mode door: the reconstruction gradient may come from anywhere.
+// Wt_next (o, d, optional): receives W~ of the updated V (what the next forward pass uses).
 RoundingStats rounding_apply_grad(const RoundingLayer& L, RoundingState st,
                                   ConstMatrixView<float> grad_Wt, int64_t t,
-                                  const RoundingSchedule& sch);
+                                  const RoundingSchedule& sch, MatrixView<float> Wt_next = {});
 
 // Gram objective statistics (caller-owned): H, C (G, d, d) as gram.h writes them, c0 and n.
 struct GramObjective {

@@ -330,7 +330,7 @@ void rounding_hard_codes(const RoundingLayer& L, ConstMatrixView<float> V,
 
 RoundingStats rounding_apply_grad(const RoundingLayer& L, RoundingState st,
                                   ConstMatrixView<float> grad_Wt, int64_t t,
-                                  const RoundingSchedule& sch) {
+                                  const RoundingSchedule& sch, MatrixView<float> Wt_next) {
   check_rounding_layer(L);
   check_state(L, st);
   LOWBIT_CHECK(t >= 1, "step must be >= 1, got " << t);
@@ -341,7 +341,12 @@ RoundingStats rounding_apply_grad(const RoundingLayer& L, RoundingState st,
   std::vector<float> sig(size_t(o * d)), Wt(size_t(o * d));
   std::vector<float> g(grad_Wt.data, grad_Wt.data + o * d);
   soft_all(L, base.data(), st.V.data, st.V.stride, sig.data(), nullptr, Wt.data());
-  return update_all(L, st, base.data(), g.data(), sig.data(), Wt.data(), t, sch);
+  const RoundingStats stats = update_all(L, st, base.data(), g.data(), sig.data(), Wt.data(), t, sch);
+  if (Wt_next.data) {
+    LOWBIT_CHECK(Wt_next.rows == o && Wt_next.cols == d, "Wt_next must be (" << o << ", " << d << ")");
+    for (int64_t r = 0; r < o; ++r) std::copy(Wt.data() + r * d, Wt.data() + (r + 1) * d, Wt_next.row(r));
+  }
+  return stats;
 }
 
 double gram_loss_grad(const RoundingLayer& L, ConstMatrixView<float> Wt, const GramObjective& g,

@@ -642,9 +642,8 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
             soft_n = 0.0
             for n, g in grids.items():
                 V, m, v = states[n]
-                r, s = _native.rounding_apply_grad(g.W, g.scale, g.zero, g.bits, V, m, v, wts[n].grad, t, sched)
-                with torch.no_grad():
-                    _native.rounding_soft_weight(g.W, g.scale, g.zero, g.bits, V, Wt=wts[n].detach())
+                r, s = _native.rounding_apply_grad(g.W, g.scale, g.zero, g.bits, V, m, v, wts[n].grad, t,
+                                                   sched, Wt_next=wts[n].detach())
                 reg += r
                 soft_n += s * g.W.size
             soft = soft_n / sum(g.W.size for g in grids.values())
