@@ -282,3 +282,33 @@ def test_block_extension_parameters_ride_along(cnn):
 
     quantize(cnn, loader(), "adaround_gain_test", w_bits=3, a_bits=4, progress=False, keep_first_last=None)
     assert set(seen) == {"b1", "b2"} and all(g != 1.0 and keep for g, keep in seen.values())
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_fused_lsq_quantizer_matches_autograd(drop):
+    from lowbit.methods.adaround import LsqActQuant
+    from lowbit.quantizers import UniformActQuantizer, round_ste
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 5, 5, generator=g) * 2
+    base = UniformActQuantizer(3, scale=0.4, zero=3.0, signed=True)
+    q = LsqActQuant(base, learn=True, drop_prob=0.5 if drop else 0.0, gen=torch.Generator().manual_seed(1))
+    xa = x.clone().requires_grad_(True)
+    out = q(xa)
+    w = torch.randn(out.shape, generator=g)
+    (out * w).sum().backward()
+
+    mask = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.5 if drop else None
+    s = base.scale.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    gs = 1.0 / (x.numel() * base.qmax) ** 0.5
+    s.register_hook(lambda grad: grad * gs)  # LSQ's gradient scale
+    ref = (torch.clamp(round_ste(xb / s) + base.zero, 0, base.qmax) - base.zero) * s
+    if drop:
+        ref = torch.where(mask, xb, ref)
+    (ref * w).sum().backward()
+    # round_ste's x + (round(x) - x) is round(x) only up to one float32 rounding: 1 ulp apart
+    torch.testing.assert_close(out.detach(), ref.detach(), rtol=3e-7, atol=0)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=3e-7, atol=0)  # autograd's g * s / s: 1 ulp
+    torch.testing.assert_close(q.scale.grad, s.grad, rtol=1e-5, atol=1e-7)
+    assert (q.scale.grad.abs() > 0).all()

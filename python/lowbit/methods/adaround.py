@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from lowbit import _native, calib
 from lowbit.config import QuantConfig, check_range
-from lowbit.quantizers import QuantLayer, UniformActQuantizer, float_weight_2d, round_ste
+from lowbit.quantizers import QuantLayer, UniformActQuantizer, float_weight_2d
 from lowbit.registry import register_method
 
 MODES = ("layer", "block")
@@ -463,15 +463,50 @@ class BlockExtension:
         """keep: whether the block's learned state is kept (False when nearest was kept)."""
 
 
-class _GradScale(torch.autograd.Function):
+class _LsqDrop(torch.autograd.Function):
+    """Uniform fake quantization with QDrop dropping in one pass, and its LSQ backward.
+
+    Forward: xq = s * (clamp(round(x/s) + z, 0, qmax) - z), replaced by x where ``drop`` (a 0/1
+    float mask) is 1.
+    Backward (straight-through round): dx = g where the element was dropped or inside the grid,
+    0 where clipped; ds = grad_scale * sum(g * t) over kept elements with t = round(x/s) - x/s
+    inside the grid and the clipped level (0 or qmax) - z outside (LSQ, Esser et al. 2020).
+    """
+
     @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
+    def forward(ctx, x, scale, zero, qmax, drop, grad_scale, learn):
+        with torch.no_grad():
+            v = x / scale
+            r = torch.round(v).add_(zero)
+            inside = (r >= 0) & (r <= qmax)
+            lvl = r.clamp_(0, qmax).sub_(zero)  # clipped level - z
+            out = lvl * scale
+            # Masks as 0/1 floats: lerp and products beat where / masked_fill on CPU, and
+            # lerp with weight 0 or 1 returns exactly one of its ends.
+            insf = inside.to(x.dtype)
+            if drop is not None:
+                out = torch.lerp(out, x, drop)
+                passthrough = torch.maximum(insf, drop)
+            else:
+                passthrough = insf
+            if learn:
+                t = lvl.sub_(v.mul_(insf))
+                if drop is not None:
+                    t.mul_(1.0 - drop)
+                ctx.save_for_backward(passthrough, t)
+            else:
+                ctx.save_for_backward(passthrough)
+        ctx.grad_scale, ctx.learn = grad_scale, learn
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        return g * ctx.scale, None
+        saved = ctx.saved_tensors
+        gx = g * saved[0]
+        gs = None
+        if ctx.learn:
+            gs = (g * saved[1]).sum().reshape(1) * ctx.grad_scale
+        return gx, gs, None, None, None, None, None
 
 
 class LsqActQuant(nn.Module):
@@ -490,16 +525,12 @@ class LsqActQuant(nn.Module):
         return self.base.bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qmax = self.base.qmax
-        s = self.scale
-        if s.requires_grad:
-            s = _GradScale.apply(s, 1.0 / math.sqrt(x.numel() * qmax))
-        z = self.base.zero
-        xq = (torch.clamp(round_ste(x / s) + z, 0, qmax) - z) * s
+        qmax = float(self.base.qmax)
+        drop = None
         if self.drop_prob > 0:
-            drop = torch.rand(x.shape, generator=self.gen) < self.drop_prob
-            xq = torch.where(drop, x, xq)
-        return xq
+            drop = (torch.rand(x.shape, generator=self.gen) < self.drop_prob).to(x.dtype)
+        learn = self.scale.requires_grad
+        return _LsqDrop.apply(x, self.scale, self.base.zero, qmax, drop, 1.0 / math.sqrt(x.numel() * qmax), learn)
 
 
 class ActStepExtension(BlockExtension):
@@ -574,7 +605,8 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
 def _rec_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over rows (batch and positions) of the sum over channels of the squared error."""
     channels = out.shape[1] if out.dim() == 4 else out.shape[-1]
-    return (out - y).pow(2).sum() * (channels / out.numel())
+    diff = out - y
+    return (diff * diff).sum() * (channels / out.numel())
 
 
 def _block_eval(block: nn.Module, Xq: torch.Tensor, Y: torch.Tensor) -> tuple[float, float]:
@@ -630,7 +662,8 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
             idx = torch.randperm(N, generator=gen)[:bsz]
             x = Xq[idx]
             if config.drop_prob > 0:
-                x = torch.where(torch.rand(x.shape, generator=gen) < config.drop_prob, X[idx], x)
+                mix = (torch.rand(x.shape, generator=gen) < config.drop_prob).to(x.dtype)
+                x = torch.lerp(x, X[idx], mix)  # exact ends for weights 0 / 1
             for n, wt in wts.items():
                 wt.grad = None
                 ctx.qlayer(n).weight_override = wt.view(ctx.qlayer(n).weight_shape)
