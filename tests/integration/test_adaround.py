@@ -124,8 +124,9 @@ def quant(model, method="adaround", **kw):
 
 def test_config_defaults_and_errors():
     c = AdaRoundConfig()
-    assert (c.iters, c.reg_lambda, c.beta, c.warmup, c.lr, c.batch, c.num_samples) == (
+    assert (c.steps("layer"), c.reg_lambda, c.beta, c.warmup, c.lr, c.batch, c.num_samples) == (
         10000, 0.01, (20.0, 2.0), 0.2, 1e-3, 32, 1024)
+    assert c.steps("block") == 2000 and AdaRoundConfig(iters=20000).steps("block") == 20000
     assert AdaRoundConfig.from_dict({"beta": [10, 2]}).beta == (10.0, 2.0)  # JSON lists
     for bad, field in [({"iters": 0}, "iters"), ({"mode": "net"}, "mode"), ({"objective": "x"}, "objective"),
                        ({"drop_prob": 1.5}, "drop_prob"), ({"beta": (2, 20)}, "beta"),

@@ -52,6 +52,8 @@ from lowbit.registry import register_method
 MODES = ("layer", "block")
 OBJECTIVES = ("auto", "gram", "rows")
 _PROGRESS_UPDATES = 50  # progress-bar refreshes per layer / block
+LAYER_ITERS = 10000  # default iterations per layer (the AdaRound paper's)
+BLOCK_ITERS = 2000  # default iterations per block (CPU budget; BRECQ/QDrop use 20000 on a GPU)
 GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this many rows steps
 
 
@@ -59,7 +61,9 @@ GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this m
 class AdaRoundConfig(QuantConfig):
     """Options of AdaRound (see the module docstring for the paper's symbols).
 
-    iters: optimisation steps per layer (layer mode) or block (block mode).
+    iters: optimisation steps per layer or block; None (default) takes LAYER_ITERS (10000, the
+        paper's) for a layer and BLOCK_ITERS (2000) for a block, whose steps run torch autograd
+        through the whole block and cost far more on a CPU (BRECQ/QDrop use 20000 on a GPU).
     reg_lambda, beta, warmup: the rounding regulariser lambda * sum(1 - |2h - 1|^beta), off for
         the first ``warmup`` share of the steps, beta falling linearly from beta[0] to beta[1].
     lr: Adam learning rate on V. batch: samples per minibatch. num_samples: calibration samples
@@ -77,7 +81,7 @@ class AdaRoundConfig(QuantConfig):
     seed_offset: added to lowbit.quantize's seed for the minibatch and QDrop draws.
     """
 
-    iters: int = 10000
+    iters: int | None = None
     reg_lambda: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
@@ -95,7 +99,8 @@ class AdaRoundConfig(QuantConfig):
     seed_offset: int = 0
 
     def validate(self) -> None:
-        check_range("iters", self.iters, 1, 10**7, integer=True)
+        if self.iters is not None:
+            check_range("iters", self.iters, 1, 10**7, integer=True)
         check_range("reg_lambda", self.reg_lambda, 0.0, 1e6)
         beta = self.beta
         if not isinstance(beta, (tuple, list)) or len(beta) != 2:
@@ -123,8 +128,14 @@ class AdaRoundConfig(QuantConfig):
         check_range("act_lr", self.act_lr, 0.0, 10.0)
         check_range("seed_offset", self.seed_offset, -(2**62), 2**62, integer=True)
 
-    def schedule(self):
-        return _native.rounding_schedule(self.iters, warmup=self.warmup, beta=self.beta,
+    def steps(self, unit: str) -> int:
+        """Iterations for a "layer" or a "block"."""
+        if self.iters is not None:
+            return self.iters
+        return LAYER_ITERS if unit == "layer" else BLOCK_ITERS
+
+    def schedule(self, unit: str):
+        return _native.rounding_schedule(self.steps(unit), warmup=self.warmup, beta=self.beta,
                                          reg_lambda=self.reg_lambda, lr=self.lr)
 
 
@@ -362,14 +373,15 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
     before = _layer_loss(ctx, name, grid, data, _dequant(grid, near_codes))
 
     V, m, v = grid.init_state()
-    sched = config.schedule()
+    iters = config.steps("layer")
+    sched = config.schedule("layer")
     geo = _conv_geometry(q)
-    bar = _progress(ctx, config.iters, f"adaround {name} ({data.objective})")
-    chunk = max(1, math.ceil(config.iters / _PROGRESS_UPDATES))
+    bar = _progress(ctx, iters, f"adaround {name} ({data.objective})")
+    chunk = max(1, math.ceil(iters / _PROGRESS_UPDATES))
     step, soft = 0, 1.0
     try:
-        while step < config.iters:
-            k = min(chunk, config.iters - step)
+        while step < iters:
+            k = min(chunk, iters - step)
             if data.objective == "gram":
                 rec, reg, soft = _native.rounding_run_gram(
                     grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.H, data.C, data.c0,
@@ -398,7 +410,7 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
     ctx.note(name, adaround_mode="layer", objective=data.objective, relu_in_loss=relu,
              recon_nearest=before / y_ref if y_ref > 0 else 0.0,
              recon_adaround=after / y_ref if y_ref > 0 else 0.0,
-             soft_share=grid.soft_share(V), iters=config.iters, kept_nearest=kept,
+             soft_share=grid.soft_share(V), iters=iters, kept_nearest=kept,
              adaround_seconds=round(seconds, 3))
 
 
@@ -641,7 +653,8 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
     exts = [ActStepExtension(), *extensions]
     groups = [g for i, e in enumerate(exts) for g in e.setup(ctx, unit, config, seed + 1 + i)]
     opt = torch.optim.Adam(groups) if groups else None
-    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iters, eta_min=0.0) if opt else None
+    iters = config.steps("block")
+    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=0.0) if opt else None
 
     states, wts = {}, {}
     for n, g in grids.items():
@@ -651,14 +664,14 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
         _native.rounding_soft_weight(g.W, g.scale, g.zero, g.bits, states[n][0], Wt=wt)
         wt.requires_grad_(True)
         wts[n] = wt
-    sched = config.schedule()
-    bar = _progress(ctx, config.iters, f"adaround block {unit.name}")
-    every = max(1, math.ceil(config.iters / _PROGRESS_UPDATES))
+    sched = config.schedule("block")
+    bar = _progress(ctx, iters, f"adaround block {unit.name}")
+    every = max(1, math.ceil(iters / _PROGRESS_UPDATES))
     N = Xq.shape[0]
     bsz = min(config.batch, N)
     soft = 1.0
     try:
-        for t in range(1, config.iters + 1):
+        for t in range(1, iters + 1):
             idx = torch.randperm(N, generator=gen)[:bsz]
             x = Xq[idx]
             if config.drop_prob > 0:
@@ -683,7 +696,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
             if opt is not None:
                 opt.step()
                 sched_lr.step()
-            if t % every == 0 or t == config.iters:
+            if t % every == 0 or t == iters:
                 bar.update(t - bar.n)
                 bar.set_postfix(rec=f"{loss.detach().item():.4g}", reg=f"{reg:.4g}", soft=f"{soft:.2f}")
     finally:
@@ -716,7 +729,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
         ctx.note(n, adaround_mode="block", block=unit.name, objective="block",
                  recon_nearest=before / y_ref if y_ref > 0 else 0.0,
                  recon_adaround=after / y_ref if y_ref > 0 else 0.0,
-                 soft_share=grids[n].soft_share(states[n][0]), iters=config.iters,
+                 soft_share=grids[n].soft_share(states[n][0]), iters=iters,
                  drop_prob=config.drop_prob, kept_nearest=kept, adaround_seconds=round(seconds, 3))
 
 
