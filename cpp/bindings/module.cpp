@@ -7,10 +7,10 @@ namespace lowbit::bind {
 void bind_core(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_gram(py::module_& m);
-void bind_linalg(py::module_& m);
 void bind_pack(py::module_& m);
 void bind_qmatmul(py::module_& m);
 void bind_threshold(py::module_& m);
+void bind_linalg(py::module_& m);
 }  // namespace lowbit::bind
 
 PYBIND11_MODULE(_lowbit, m) {
@@ -21,8 +21,8 @@ PYBIND11_MODULE(_lowbit, m) {
   lowbit::bind::bind_core(m);
   lowbit::bind::bind_quant(m);
   lowbit::bind::bind_gram(m);
-  lowbit::bind::bind_linalg(m);
   lowbit::bind::bind_pack(m);
   lowbit::bind::bind_qmatmul(m);
   lowbit::bind::bind_threshold(m);
+  lowbit::bind::bind_linalg(m);
 }

@@ -207,43 +207,6 @@ def conv_gram_accumulate(
     )
 
 
-# --- linalg: dense float32 products (linalg.h) -------------------------------------------
-
-
-def sgemm(
-    A: ArrayLike,
-    B: ArrayLike,
-    *,
-    trans_a: bool = False,
-    trans_b: bool = False,
-    alpha: float = 1.0,
-    beta: float = 0.0,
-    C: np.ndarray | None = None,
-) -> np.ndarray:
-    """C = alpha * op(A) @ op(B) + beta * C (op = transpose when trans_*), in lowbit's own
-    blocked GEMM: results do not depend on the thread count. C, if given, is a float32
-    C-contiguous array updated in place (and returned); otherwise a new one (beta ignored)."""
-    a = as_2d(as_f32(A))
-    b = as_2d(as_f32(B))
-    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
-    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
-    if K != Kb:
-        raise ValueError(f"op(A) is ({M}, {K}) but op(B) is ({Kb}, {N}): inner sizes differ")
-    if C is None:
-        C = np.empty((M, N), np.float32)
-        beta = 0.0
-    elif C.shape != (M, N):
-        raise ValueError(f"C must have shape ({M}, {N}), got {C.shape}")
-    _C.sgemm(bool(trans_a), bool(trans_b), M, N, K, float(alpha), a, a.shape[1], b, b.shape[1], float(beta), C, N)
-    return C
-
-
-def syrk_tn_acc(A: ArrayLike, C: np.ndarray) -> None:
-    """C (d, d) += A^T A for A (n, d); only C's upper triangle is read (C must be symmetric),
-    and C leaves exactly symmetric. The Gram kernel behind gram_accumulate."""
-    _C.ssyrk_tn_acc(as_2d(as_f32(A)), C)
-
-
 # --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
 #
 # A packed matrix travels as three arrays plus its shape (``Packed``); see pack.h or
@@ -423,3 +386,40 @@ def threshold_quantize(x: ArrayLike, thresholds: ArrayLike, bits: int) -> np.nda
     codes = np.empty(xa.shape, dtype=np.uint8)
     _C.threshold_quantize(xa, as_f32(thresholds), int(bits), codes)
     return codes
+
+
+# --- linalg: dense float32 products (linalg.h) -------------------------------------------
+
+
+def sgemm(
+    A: ArrayLike,
+    B: ArrayLike,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    C: np.ndarray | None = None,
+) -> np.ndarray:
+    """C = alpha * op(A) @ op(B) + beta * C (op = transpose when trans_*), in lowbit's own
+    blocked GEMM: results do not depend on the thread count. C, if given, is a float32
+    C-contiguous array updated in place (and returned); otherwise a new one (beta ignored)."""
+    a = as_2d(as_f32(A))
+    b = as_2d(as_f32(B))
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"op(A) is ({M}, {K}) but op(B) is ({Kb}, {N}): inner sizes differ")
+    if C is None:
+        C = np.empty((M, N), np.float32)
+        beta = 0.0
+    elif C.shape != (M, N):
+        raise ValueError(f"C must have shape ({M}, {N}), got {C.shape}")
+    _C.sgemm(bool(trans_a), bool(trans_b), M, N, K, float(alpha), a, a.shape[1], b, b.shape[1], float(beta), C, N)
+    return C
+
+
+def syrk_tn_acc(A: ArrayLike, C: np.ndarray) -> None:
+    """C (d, d) += A^T A for A (n, d); only C's upper triangle is read (C must be symmetric),
+    and C leaves exactly symmetric. The Gram kernel behind gram_accumulate."""
+    _C.ssyrk_tn_acc(as_2d(as_f32(A)), C)

@@ -109,17 +109,6 @@ def im2col(x, kernel_size, stride, padding, dilation, groups):
     return out
 
 
-# --- lp_error ------------------------------------------------------------------------------
-
-
-def lp_error(x, scale, zero, bits, p=2.4):
-    """sum |x - fake_quantize(x)|^p in float64 (the quantity lp_range_search minimises)."""
-    x = np.asarray(x, np.float32).reshape(1, -1)
-    s, z = np.float32(scale), np.float32(zero)
-    err = np.abs(x - fake_quantize(x, s, z, bits)).astype(np.float64)
-    return float(np.sum(err**p))
-
-
 # --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
 
 _BLOCK_COLS = {2: 16, 3: 16, 4: 8, 8: 4}
@@ -432,3 +421,14 @@ def expected_stochastic_ltq(x, start, a, in_scale, out_scale, bits, *, zero, a_m
             p += m * (1 - (u - lo) / (hi - lo))
         expect += lev * p
     return float(out_scale) * (expect - zero)
+
+
+# --- lp_error ------------------------------------------------------------------------------
+
+
+def lp_error(x, scale, zero, bits, p=2.4):
+    """sum |x - fake_quantize(x)|^p in float64 (the quantity lp_range_search minimises)."""
+    x = np.asarray(x, np.float32).reshape(1, -1)
+    s, z = np.float32(scale), np.float32(zero)
+    err = np.abs(x - fake_quantize(x, s, z, bits)).astype(np.float64)
+    return float(np.sum(err**p))
