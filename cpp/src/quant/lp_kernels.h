@@ -48,8 +48,9 @@ constexpr float kExp2Q[7] = {0x1.000000p+0f,  0x1.62e430p-1f,  0x1.ebfbdap-3f, 0
                              0x1.3b2dfep-7f, 0x1.5f44f0p-10f, 0x1.41a6fep-13f};
 
 // p split as p_hi + p_lo with p_hi holding 12 significant bits, so p_hi * E is exact in float
-// for every exponent |E| < 2^11.
-inline float p_high(float p) {
+// for every exponent |E| < 2^11. Static: each file keeps its own copy (see the note at the
+// top).
+static inline float p_high(float p) {
   uint32_t u = __builtin_bit_cast(uint32_t, p) & 0xFFFFF000u;
   return __builtin_bit_cast(float, u);
 }
