@@ -5,8 +5,8 @@ namespace lowbit::bind {
 
 namespace {
 
-IQPProblem problem_of(const Array<float>& G, const Array<int32_t>& sizes, const Array<float>& A,
-                      const Array<float>& b) {
+IQPProblem problem_of(const Array<float>& G, const Array<int32_t>& sizes, const Array<double>& A,
+                      const Array<double>& b) {
   check_ndim(sizes, 1, "sizes");
   auto gv = matrix_in(G, "G");
   auto av = matrix_in(A, "A");
@@ -39,7 +39,7 @@ py::dict result_dict(const IQPResult& r) {
 void bind_iqp(py::module_& m) {
   m.def(
       "solve_iqp",
-      [](const Array<float>& G, const Array<int32_t>& sizes, const Array<float>& A, const Array<float>& b,
+      [](const Array<float>& G, const Array<int32_t>& sizes, const Array<double>& A, const Array<double>& b,
          double time_limit, int64_t node_limit, double gap_tol, uint64_t seed, int restarts,
          Array<int32_t>& choice) {
         IQPProblem p = problem_of(G, sizes, A, b);
@@ -63,7 +63,7 @@ void bind_iqp(py::module_& m) {
       py::arg("seed"), py::arg("restarts"), py::arg("choice").noconvert());
   m.def(
       "solve_iqp_bruteforce",
-      [](const Array<float>& G, const Array<int32_t>& sizes, const Array<float>& A, const Array<float>& b,
+      [](const Array<float>& G, const Array<int32_t>& sizes, const Array<double>& A, const Array<double>& b,
          Array<int32_t>& choice) {
         IQPProblem p = problem_of(G, sizes, A, b);
         check_shape(choice, {p.L}, "choice");

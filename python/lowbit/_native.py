@@ -36,6 +36,13 @@ def as_f32(x: ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def as_f64(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double()
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
 def as_u8(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
@@ -205,13 +212,13 @@ def _iqp_arrays(G: ArrayLike, sizes, A: ArrayLike | None, b: ArrayLike | None):
     if A is None:
         if b is not None:
             raise ValueError("b is given without A")
-        a = np.zeros((0, g.shape[0]), np.float32)
-        bb = np.zeros((0,), np.float32)
+        a = np.zeros((0, g.shape[0]), np.float64)
+        bb = np.zeros((0,), np.float64)
     else:
-        a = as_2d(as_f32(A))
+        a = as_2d(as_f64(A))
         if b is None:
             raise ValueError("A is given without b")
-        bb = as_f32(np.asarray(b).reshape(-1))
+        bb = as_f64(np.asarray(b).reshape(-1))
     return g, sz, a, bb
 
 
@@ -228,6 +235,8 @@ def solve_iqp(
     restarts: int = 8,
 ) -> tuple[np.ndarray, dict]:
     """min x^T G x over one-hot x per layer (``sizes[l]`` consecutive choices) with A x <= b.
+
+    G is used in float32, the budget rows A (m, n) and b (m,) in float64.
 
     Returns (choice (L,) int32, info) with info = {status: "optimal" | "time_limit" |
     "node_limit" | "infeasible", objective, bound, gap, nodes, seconds, warm_objective};

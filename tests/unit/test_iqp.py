@@ -94,7 +94,7 @@ def test_budget_exactly_at_a_configuration_admits_it():
     rng = np.random.default_rng(3)
     G, sz, A, _ = make_instance(rng, [3] * 6)
     c = np.array([0, 1, 2, 0, 1, 2])
-    b = A[:, np.arange(6) * 3 + c].astype(np.float64).sum(1).astype(np.float32)
+    b = A[:, np.arange(6) * 3 + c].astype(np.float64).sum(1)
     check_same_optimum(G, sz, A, b)
 
 

@@ -10,8 +10,8 @@
 //   sum_l sum_k Gs(start_l + c_l, start_k + c_k),   Gs = (G + G^T) / 2, in double,
 // and it is feasible when for every row i
 //   sum_l A(i, start_l + c_l)  <=  b_i + 1e-9 * sum_l max_s |A(i, start_l + s)|
-// (sums in double, in layer order; the relative slack only absorbs float32 rounding of the
-// inputs, so a budget set to the exact cost of a configuration admits it).
+// (sums in double, in layer order; the relative slack absorbs the rounding of those sums, so
+// a budget set to the exact cost of a configuration admits it).
 //
 // solve_iqp is branch and bound (iqp.cpp):
 //  - warm start: greedy feasible configurations + 1-opt / 2-opt local search with seeded
@@ -50,8 +50,8 @@ struct IQPProblem {
   ConstMatrixView<float> G;         // (n, n)
   const int32_t* sizes = nullptr;   // (L,) choices per layer, each in [1, kIQPMaxChoices]
   int64_t L = 0;
-  ConstMatrixView<float> A;         // (m, n) budget rows; m = 0 means no budget
-  const float* b = nullptr;         // (m,)
+  ConstMatrixView<double> A;        // (m, n) budget rows; m = 0 means no budget
+  const double* b = nullptr;        // (m,)
 };
 
 struct IQPOptions {
