@@ -31,6 +31,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -401,7 +403,8 @@ struct Search {
 struct Shift {
   std::vector<double> Q;  // (n, n)
   std::vector<double> c;  // (n,)
-  double lip = 0;         // Lipschitz constant of grad f on the tangent space
+  double lip = 0;         // Lipschitz constant of grad f on the tangent space (Euclidean)
+  std::vector<double> m;  // (n,) block-constant metric with 2Q <= diag(m) on T: the step is 1/m
   const char* kind = "";
 };
 
@@ -469,7 +472,6 @@ class Relaxation {
     mu_proj_.assign(D_.m, 0.0);
     project(x_.data());
 
-    const double step = 1.0 / S_.lip;
     std::vector<double>& y = y_;
     y = x_;
     double t = 1.0;
@@ -479,6 +481,7 @@ class Relaxation {
     int stall = 0;
     const int check_every = 4;
     for (int it = 0;; ++it) {
+      dbg_it_ = it;
       if (it % check_every == 0 || it >= max_iter) {
         // f and grad at x, the bound there.
         matvec(x_.data(), gx_.data());
@@ -513,10 +516,10 @@ class Relaxation {
       }
       // FISTA step from y with gradient-based adaptive restart.
       matvec(y.data(), gy_.data());
-      for (int64_t j = 0; j < nf_; ++j) xn_[j] = y[j] - step * (2.0 * (gy_[j] + qf_[j]) + cf_[j]);
+      for (int64_t j = 0; j < nf_; ++j) xn_[j] = y[j] - (2.0 * (gy_[j] + qf_[j]) + cf_[j]) / mf_[j];
       project(xn_.data());
       double dir = 0;
-      for (int64_t j = 0; j < nf_; ++j) dir += (y[j] - xn_[j]) * (xn_[j] - x_[j]);
+      for (int64_t j = 0; j < nf_; ++j) dir += mf_[j] * (y[j] - xn_[j]) * (xn_[j] - x_[j]);
       if (dir > 0) {
         t = 1.0;
         y = xn_;
@@ -530,6 +533,7 @@ class Relaxation {
     }
     res.lb = best_lb;
     res.x = x_;
+    if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "solve nf=%lld iters=%d lb=%.6g pruned=%d\n", (long long)nf_, dbg_it_, best_lb, int(res.pruned));
     // Reduced costs at the best bound.
     res.rc.assign(nf_, 0.0);
     if (best_lb > -kInf) {
@@ -593,6 +597,8 @@ class Relaxation {
       const_ += D_.d[f];
       for (int64_t g : fixed_) const_ += D_.W[f * n + g];
     }
+    mf_.resize(nf_);
+    for (int64_t a = 0; a < nf_; ++a) mf_[a] = S_.m[vars_[a]];
     Af_.resize(D_.m * nf_);
     for (int64_t r = 0; r < D_.m; ++r)
       for (int64_t a = 0; a < nf_; ++a) Af_[r * nf_ + a] = D_.A[r * n + vars_[a]];
@@ -616,7 +622,7 @@ class Relaxation {
   void project_blocks(const double* y, const double* mu, double* out) {
     for (int64_t j = 0; j < nf_; ++j) {
       double v = y[j];
-      for (int64_t r = 0; r < D_.m; ++r) v -= mu[r] * Af_[r * nf_ + j];
+      for (int64_t r = 0; r < D_.m; ++r) v -= mu[r] * Af_[r * nf_ + j] / mf_[j];
       out[j] = v;
     }
     for (size_t bl = 0; bl < blocks_.size(); ++bl)
@@ -775,7 +781,8 @@ class Relaxation {
   const Shift& S_;
   std::vector<int64_t> vars_, blocks_, bstart_, fixed_;
   int64_t nf_ = 0;
-  std::vector<double> Qf_, qf_, cf_, Af_, bres_;
+  int dbg_it_ = 0;
+  std::vector<double> Qf_, qf_, cf_, Af_, bres_, mf_;
   double const_ = 0;
   std::vector<double> x_, y_, xn_, z_, gx_, gy_, mu_proj_, mu_lp_, best_g_, best_mu_, scratch_;
 };
@@ -787,7 +794,61 @@ class Relaxation {
 //    between the PSD cone and the matrices that agree with Gs off those entries (a PSD
 //    completion when one exists, as for a Hessian form Dw^T H Dw; the linear term is then
 //    zero), then the remaining uniform shift.
+// Orthonormal basis (n, n - L) of the tangent space T of the simplex product.
+Eigen::MatrixXd tangent_basis(const Data& D) {
+  const int64_t n = D.n, nt = n - D.L;
+  Eigen::MatrixXd Z = Eigen::MatrixXd::Zero(n, nt);
+  int64_t col = 0;
+  for (int64_t l = 0; l < D.L; ++l) {
+    const int64_t k = D.size(l), s0 = D.start[l];
+    for (int64_t j = 1; j < k; ++j, ++col) {  // Helmert basis of {1}^perp in R^k
+      const double a = 1.0 / std::sqrt(double(j) * double(j + 1));
+      for (int64_t i = 0; i < j; ++i) Z(s0 + i, col) = a;
+      Z(s0 + j, col) = -double(j) * a;
+    }
+  }
+  return Z;
+}
+
+// The FISTA metric: m_i = 2 lambda sigma_l(i), sigma_l the largest |Q_ii| of layer l (block
+// constant, so the projection stays a per-block simplex projection) and lambda the largest
+// eigenvalue of diag(sigma)^-1/2 Q diag(sigma)^-1/2 on T (block-constant scaling maps T to T).
+void set_metric(const Data& D, const Eigen::MatrixXd& Z, Shift& s) {
+  const int64_t n = D.n;
+  std::vector<double> sig(n);
+  double qmax = 0;
+  for (int64_t i = 0; i < n; ++i) qmax = std::max(qmax, std::fabs(s.Q[i * n + i]));
+  for (int64_t l = 0; l < D.L; ++l) {
+    double mx = 1e-9 * qmax + 1e-300;
+    for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i) mx = std::max(mx, std::fabs(s.Q[i * n + i]));
+    for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i) sig[i] = mx;
+  }
+  s.m.assign(n, 1.0);
+  if (Z.cols() == 0) return;
+  Eigen::MatrixXd Qn(n, n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) Qn(i, j) = s.Q[i * n + j] / std::sqrt(sig[i] * sig[j]);
+  Eigen::MatrixXd M = Z.transpose() * Qn * Z;
+  M = 0.5 * (M + M.transpose());
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(M, Eigen::EigenvaluesOnly);
+  const double lam = es.info() == Eigen::Success ? es.eigenvalues()(M.rows() - 1) : 0.0;
+  if (!(lam > 0)) {  // degenerate: fall back to the Euclidean constant
+    for (int64_t i = 0; i < n; ++i) s.m[i] = s.lip;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) s.m[i] = 2.0 * lam * (1 + 1e-9) * sig[i];
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s);
+
 std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s) {
+  std::vector<Shift> out = candidate_shifts(D, dl, budget_s);
+  const Eigen::MatrixXd Z = tangent_basis(D);
+  for (auto& s : out) set_metric(D, Z, s);
+  return out;
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s) {
   const auto t0 = Clock::now();
   const int64_t n = D.n, L = D.L, nt = n - L;
   std::vector<Shift> out;
@@ -807,19 +868,11 @@ std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_
   if (nt == 0) {
     Shift s = make(Eigen::MatrixXd::Zero(n, n), "none");
     s.lip = 1.0;
+    s.m.assign(n, 1.0);
     out.push_back(std::move(s));
     return out;
   }
-  Eigen::MatrixXd Z = Eigen::MatrixXd::Zero(n, nt);
-  int64_t col = 0;
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t k = D.size(l), s0 = D.start[l];
-    for (int64_t j = 1; j < k; ++j, ++col) {  // Helmert basis of {1}^perp in R^k
-      const double a = 1.0 / std::sqrt(double(j) * double(j + 1));
-      for (int64_t i = 0; i < j; ++i) Z(s0 + i, col) = a;
-      Z(s0 + j, col) = -double(j) * a;
-    }
-  }
+  const Eigen::MatrixXd Z = tangent_basis(D);
   // Uniform shift of W + B0 on T (B0 block diagonal): returns B0 + t I with its lip.
   auto uniform = [&](const Eigen::MatrixXd& B0, const char* kind) {
     Eigen::MatrixXd M = Z.transpose() * (Wm + B0) * Z;
@@ -835,6 +888,22 @@ std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_
     s.lip = std::max(2.0 * (lmax + t), 1e-300);
     return std::make_pair(std::move(s), lmin);
   };
+  // Shift of W + B0 by t * diag(w), t from the generalized eigenproblem on T, then the
+  // uniform check on top (absorbs the rounding of the generalized eigenvalue).
+  auto scaled = [&](const Eigen::MatrixXd& B0, const std::vector<double>& w, const char* kind) {
+    Eigen::MatrixXd M = Z.transpose() * (Wm + B0) * Z;
+    M = 0.5 * (M + M.transpose());
+    const Eigen::VectorXd wv = Eigen::Map<const Eigen::VectorXd>(w.data(), n);
+    Eigen::MatrixXd N = Z.transpose() * wv.asDiagonal() * Z;
+    N = 0.5 * (N + N.transpose());
+    Eigen::GeneralizedSelfAdjointEigenSolver<Eigen::MatrixXd> ge(M, N, Eigen::EigenvaluesOnly);
+    Eigen::MatrixXd B = B0;
+    if (ge.info() == Eigen::Success && ge.eigenvalues()(0) < 0) {
+      const double t = -ge.eigenvalues()(0) * (1 + 1e-6);
+      for (int64_t i = 0; i < n; ++i) B(i, i) += t * w[i];
+    }
+    return uniform(B, kind).first;
+  };
   const Eigen::MatrixXd B0 = Eigen::MatrixXd::Zero(n, n);
   auto [su, lmin] = uniform(B0, "uniform");
   out.push_back(std::move(su));
@@ -848,41 +917,43 @@ std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_
       smax = std::max(smax, rs[i]);
     }
     for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
-    Eigen::MatrixXd M = Z.transpose() * Wm * Z;
-    M = 0.5 * (M + M.transpose());
-    const Eigen::VectorXd sv = Eigen::Map<const Eigen::VectorXd>(rs.data(), n);
-    Eigen::MatrixXd N = Z.transpose() * sv.asDiagonal() * Z;
-    N = 0.5 * (N + N.transpose());
-    Eigen::GeneralizedSelfAdjointEigenSolver<Eigen::MatrixXd> ge(M, N, Eigen::EigenvaluesOnly);
-    if (ge.info() == Eigen::Success && ge.eigenvalues()(0) < 0) {
-      Eigen::MatrixXd B = Eigen::MatrixXd::Zero(n, n);
-      const double t = -ge.eigenvalues()(0) * (1 + 1e-6);
-      for (int64_t i = 0; i < n; ++i) B(i, i) = t * rs[i];
-      // The uniform check on top absorbs any rounding left in the generalized eigenvalue.
-      out.push_back(uniform(B, "scaled").first);
-    }
+    out.push_back(scaled(B0, rs, "scaled"));
   }
-  {  // PSD completion of the within-layer blocks
-    Eigen::MatrixXd X = Wm;
-    for (int64_t i = 0; i < n; ++i) X(i, i) = D.d[i];
-    Eigen::MatrixXd B = Eigen::MatrixXd::Zero(n, n);
-    for (int it = 0; it < 60; ++it) {
+  {  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
+     // change under diagonal scaling, and layers' loss scales span decades)
+    std::vector<double> sc(n), w2(n);
+    double dmax = 0;
+    for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
+    for (int64_t i = 0; i < n; ++i) {
+      w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
+      sc[i] = std::sqrt(w2[i]);
+    }
+    Eigen::MatrixXd X(n, n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    for (int it = 0; it < 200; ++it) {
       if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > budget_s) break;
       Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
       if (es.info() != Eigen::Success) break;
       const Eigen::VectorXd& lam = es.eigenvalues();
-      if (lam(0) >= -1e-9 * std::fabs(lam(n - 1))) break;  // already PSD
+      if (lam(0) >= -1e-7 * std::fabs(lam(n - 1))) break;  // PSD enough: the shift does the rest
       const Eigen::MatrixXd& V = es.eigenvectors();
-      Eigen::MatrixXd Y = V * lam.cwiseMax(0.0).asDiagonal() * V.transpose();
+      const Eigen::MatrixXd Y = V * lam.cwiseMax(0.0).asDiagonal() * V.transpose();
       for (int64_t l = 0; l < L; ++l) {
         const int64_t s0 = D.start[l], k = D.size(l);
-        B.block(s0, s0, k, k) = 0.5 * (Y.block(s0, s0, k, k) + Y.block(s0, s0, k, k).transpose());
-        for (int64_t i = s0; i < s0 + k; ++i) B(i, i) = D.d[i];  // the diagonal stays diag(Gs)
-        X.block(s0, s0, k, k) = B.block(s0, s0, k, k);
+        for (int64_t i = s0; i < s0 + k; ++i)
+          for (int64_t j = s0; j < s0 + k; ++j)
+            if (i != j) X(i, j) = 0.5 * (Y(i, j) + Y(j, i));  // the diagonal stays diag(Gs)
       }
     }
-    for (int64_t i = 0; i < n; ++i) B(i, i) = D.d[i];
+    Eigen::MatrixXd B = Eigen::MatrixXd::Zero(n, n);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t s0 = D.start[l], k = D.size(l);
+      for (int64_t i = s0; i < s0 + k; ++i)
+        for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = i == j ? D.d[i] : X(i, j) * sc[i] * sc[j];
+    }
     out.push_back(uniform(B, "completion").first);
+    out.push_back(scaled(B, w2, "completion-scaled"));
   }
   return out;
 }
