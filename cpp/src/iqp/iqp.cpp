@@ -919,7 +919,7 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
     out.push_back(scaled(B0, rs, "scaled"));
   }
-  {  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
+  for (double alpha : {0.0, 0.2, 0.4}) {  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
      // change under diagonal scaling, and layers' loss scales span decades)
     std::vector<double> sc(n), w2(n);
     double dmax = 0;
@@ -930,7 +930,7 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     }
     Eigen::MatrixXd X(n, n);
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? (1 - alpha) * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
     for (int it = 0; it < 200; ++it) {
       if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > budget_s) break;
       Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
@@ -950,10 +950,12 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t l = 0; l < L; ++l) {
       const int64_t s0 = D.start[l], k = D.size(l);
       for (int64_t i = s0; i < s0 + k; ++i)
-        for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = i == j ? D.d[i] : X(i, j) * sc[i] * sc[j];
+        for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = i == j ? (1 - alpha) * D.d[i] : X(i, j) * sc[i] * sc[j];
     }
-    out.push_back(uniform(B, "completion").first);
-    out.push_back(scaled(B, w2, "completion-scaled"));
+    static const char* names[3][2] = {{"completion", "completion-scaled"}, {"completion-0.2", "completion-0.2-scaled"}, {"completion-0.4", "completion-0.4-scaled"}};
+    const int ai = alpha == 0.0 ? 0 : alpha < 0.3 ? 1 : 2;
+    out.push_back(uniform(B, names[ai][0]).first);
+    out.push_back(scaled(B, w2, names[ai][1]));
   }
   return out;
 }
