@@ -134,6 +134,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be pruned is solved to
+static bool kNodeShift = !std::getenv("LOWBIT_NO_NODE_SHIFT");
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -505,7 +507,7 @@ class Relaxation {
         if (gap <= tol || it >= max_iter || dl.passed()) break;
         // The node cannot be pruned (a feasible relaxed point lies below the cutoff) and the
         // bound is already tight relative to the distance to the cutoff: branch now.
-        if (std::isfinite(cutoff) && fx < cutoff && gap <= 1e-3 * (cutoff - best_lb)) break;
+        if (std::isfinite(cutoff) && fx < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;
         if (!std::isfinite(cutoff) && gap <= 1e-6 * std::max(std::fabs(fx), tol_scale)) break;
         if (best_lb <= last_lb + 1e-12 * std::max(std::fabs(best_lb), tol_scale)) {
           if (++stall >= 25) break;
@@ -599,6 +601,7 @@ class Relaxation {
     }
     mf_.resize(nf_);
     for (int64_t a = 0; a < nf_; ++a) mf_[a] = S_.m[vars_[a]];
+    if (kNodeShift && !fixed_.empty()) tighten();
     Af_.resize(D_.m * nf_);
     for (int64_t r = 0; r < D_.m; ++r)
       for (int64_t a = 0; a < nf_; ++a) Af_[r * nf_ + a] = D_.A[r * n + vars_[a]];
@@ -608,6 +611,42 @@ class Relaxation {
     xn_.resize(nf_);
     z_.resize(nf_);
     scratch_.resize(kIQPMaxChoices);
+  }
+
+  // The free part of Q usually has slack on its own tangent space: subtract the largest
+  // multiple t of diag(|d|) keeping it PSD there, moving it into the linear term. Exact on
+  // one-hot points; at fractional points the bound gains t * sum |d_i| (x_i - x_i^2).
+  void tighten() {
+    const int64_t nb = int64_t(blocks_.size()), nt = nf_ - nb;
+    if (nt <= 0) return;
+    Eigen::MatrixXd Z = Eigen::MatrixXd::Zero(nf_, nt);
+    int64_t col = 0;
+    for (int64_t bl = 0; bl < nb; ++bl) {
+      const int64_t s0 = bstart_[bl], k = bstart_[bl + 1] - s0;
+      for (int64_t j = 1; j < k; ++j, ++col) {
+        const double a = 1.0 / std::sqrt(double(j) * double(j + 1));
+        for (int64_t i = 0; i < j; ++i) Z(s0 + i, col) = a;
+        Z(s0 + j, col) = -double(j) * a;
+      }
+    }
+    Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Qm(Qf_.data(), nf_, nf_);
+    Eigen::MatrixXd M = Z.transpose() * Qm * Z;
+    M = 0.5 * (M + M.transpose());
+    Eigen::VectorXd w(nf_);
+    double wmax = 0;
+    for (int64_t a = 0; a < nf_; ++a) wmax = std::max(wmax, std::fabs(D_.d[vars_[a]]));
+    for (int64_t a = 0; a < nf_; ++a) w(a) = std::max(std::fabs(D_.d[vars_[a]]), 1e-9 * wmax + 1e-300);
+    Eigen::MatrixXd N = Z.transpose() * w.asDiagonal() * Z;
+    N = 0.5 * (N + N.transpose());
+    Eigen::GeneralizedSelfAdjointEigenSolver<Eigen::MatrixXd> ge(M, N, Eigen::EigenvaluesOnly);
+    if (ge.info() != Eigen::Success) return;
+    const double lmin = ge.eigenvalues()(0);
+    if (!(lmin > 0)) return;
+    const double t = lmin * (1 - 1e-6);
+    for (int64_t a = 0; a < nf_; ++a) {
+      Qf_[a * nf_ + a] -= t * w(a);
+      cf_[a] += t * w(a);
+    }
   }
 
   void matvec(const double* x, double* out) const {
@@ -919,7 +958,10 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
     out.push_back(scaled(B0, rs, "scaled"));
   }
-  for (double alpha : {0.0, 0.2, 0.4}) {  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
+  const double alphas[] = {0.0, 0.2, 0.4};
+  for (int ai = 0; ai < 3; ++ai) {
+    const double alpha = alphas[ai];
+    const double until = budget_s * double(ai + 1) / 3.0;  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
      // change under diagonal scaling, and layers' loss scales span decades)
     std::vector<double> sc(n), w2(n);
     double dmax = 0;
@@ -932,7 +974,7 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? (1 - alpha) * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
     for (int it = 0; it < 200; ++it) {
-      if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > budget_s) break;
+      if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
       Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
       if (es.info() != Eigen::Success) break;
       const Eigen::VectorXd& lam = es.eigenvalues();
@@ -953,7 +995,6 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
         for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = i == j ? (1 - alpha) * D.d[i] : X(i, j) * sc[i] * sc[j];
     }
     static const char* names[3][2] = {{"completion", "completion-scaled"}, {"completion-0.2", "completion-0.2-scaled"}, {"completion-0.4", "completion-0.4-scaled"}};
-    const int ai = alpha == 0.0 ? 0 : alpha < 0.3 ? 1 : 2;
     out.push_back(uniform(B, names[ai][0]).first);
     out.push_back(scaled(B, w2, names[ai][1]));
   }
@@ -1069,6 +1110,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
 
   // ---- branch and bound ---------------------------------------------------------------------
   const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
+  if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "warm+shifts %.3f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
   std::vector<uint32_t> root_mask(L);
   for (int64_t l = 0; l < L; ++l)
     root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
@@ -1081,9 +1123,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   NodeResult root;
   int64_t nodes = 0;
   std::vector<std::unique_ptr<Relaxation>> relax;
+  // A short solve of each candidate picks one; only that one is solved to convergence.
   for (size_t k = 0; k < shifts.size(); ++k) {
     relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
-    NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 4000, dl);
+    NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
     ++nodes;
     if (k == 0 || r.lb > root.lb || r.infeasible) {
       root = std::move(r);
@@ -1092,6 +1135,15 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     if (root.infeasible || root.pruned) break;
   }
   Relaxation& R = *relax[which];  // its layout is the root's: expand() reads it
+  if (!root.infeasible && !root.pruned) {
+    std::vector<double> warm(D.n, 0.0);
+    for (size_t j = 0; j < R.vars().size(); ++j) warm[R.vars()[j]] = root.x[j];
+    NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
+    ++nodes;
+    r.lb = std::max(r.lb, root.lb);
+    root = std::move(r);
+  }
+  if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "root done %.3f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
   res.root_bound = root.lb;
   res.relaxation = shifts[which].kind;
 
