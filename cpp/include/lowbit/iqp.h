@@ -67,7 +67,7 @@ struct IQPResult {
   double objective = 0;       // of the returned choice; +inf when none was found
   double bound = 0;           // proven lower bound on the optimum (+inf when infeasible)
   double gap = 0;             // (objective - bound) / max(|objective|, 1e-9 * max|Gs|)
-  int64_t nodes = 0;          // branch-and-bound nodes solved
+  int64_t nodes = 0;          // branch-and-bound nodes solved (the root counts once)
   double seconds = 0;
   double warm_objective = 0;  // best local-search objective before branching (+inf: none)
   double root_bound = 0;      // lower bound from the root relaxation alone

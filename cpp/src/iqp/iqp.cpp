@@ -1127,7 +1127,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   for (size_t k = 0; k < shifts.size(); ++k) {
     relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
     NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
-    ++nodes;
+    nodes = 1;  // the root counts once, whatever the number of candidates
     if (k == 0 || r.lb > root.lb || r.infeasible) {
       root = std::move(r);
       which = k;
@@ -1139,7 +1139,6 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     std::vector<double> warm(D.n, 0.0);
     for (size_t j = 0; j < R.vars().size(); ++j) warm[R.vars()[j]] = root.x[j];
     NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
-    ++nodes;
     r.lb = std::max(r.lb, root.lb);
     root = std::move(r);
   }
