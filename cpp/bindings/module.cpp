@@ -8,6 +8,8 @@ void bind_core(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_gram(py::module_& m);
 void bind_iqp(py::module_& m);
+void bind_pack(py::module_& m);
+void bind_qmatmul(py::module_& m);
 }  // namespace lowbit::bind
 
 PYBIND11_MODULE(_lowbit, m) {
@@ -19,4 +21,6 @@ PYBIND11_MODULE(_lowbit, m) {
   lowbit::bind::bind_quant(m);
   lowbit::bind::bind_gram(m);
   lowbit::bind::bind_iqp(m);
+  lowbit::bind::bind_pack(m);
+  lowbit::bind::bind_qmatmul(m);
 }

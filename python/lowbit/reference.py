@@ -61,7 +61,7 @@ def lp_range_search(x, bits, *, symmetric=False, p=2.4, n_grid=80, shrink=0.01, 
                 ratio = np.float32(1.0) - np.float32(k) * np.float32(shrink)
                 s, z = _range_to_params(lo * ratio, hi * ratio, bits, symmetric)
                 err = np.abs(unit - fake_quantize(unit, s, z, bits)).astype(np.float64)
-                e = float(np.sum(err**p))
+                e = float(np.sum(err**p)) if n > 1 else 0.0  # min-max: nothing to compare
                 if best is None or e < best[0]:
                     best = (e, s, z)
             scale[r, g], zero[r, g] = best[1], best[2]
@@ -149,3 +149,130 @@ def project_psd(G):
     lam, V = np.linalg.eigh(Gs)
     out = (V * np.maximum(lam, 0)) @ V.T
     return ((out + out.T) / 2).astype(np.float32), float(-lam[lam < 0].sum())
+# --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
+
+_BLOCK_COLS = {2: 16, 3: 16, 4: 8, 8: 4}
+_BLOCK_BYTES = {2: 64, 3: 96, 4: 64, 8: 64}
+
+
+def packed_layout(bits, rows, cols, group_size=0):
+    """The sizes pack.h's PackedShape gives (no checks beyond the basic ones)."""
+    kb = _BLOCK_COLS[bits]
+    kp = cols if group_size else -(-cols // kb) * kb
+    groups = cols // group_size if group_size else 1
+    tiles = -(-rows // 16)
+    tile_bytes = kp // kb * _BLOCK_BYTES[bits]
+    return {"padded_cols": kp, "groups": groups, "group_cols": group_size or kp, "tiles": tiles,
+            "tile_bytes": tile_bytes, "code_bytes": tiles * tile_bytes}
+
+
+def _per_row(p, rows):
+    p = np.asarray(p, np.float32)
+    p = p.reshape(p.shape[0] if p.ndim else 1, -1)
+    return np.broadcast_to(p, (rows, p.shape[1]))
+
+
+def pack_weights(q, scale, zero, bits, group_size=0):
+    """(codes, scales, zeros) exactly as pack.h lays them out."""
+    q = np.asarray(q, np.uint8)
+    N, K = q.shape
+    lay = packed_layout(bits, N, K, group_size)
+    kp, G, T = lay["padded_cols"], lay["groups"], lay["tiles"]
+    s, z = _per_row(scale, N), _per_row(zero, N)
+    Q = np.zeros((T * 16, kp), np.uint8)
+    Q[:N, :K] = q
+    Q[:N, K:] = z[:, :1].astype(np.uint8)  # per-channel padding columns hold the zero point
+    kb = _BLOCK_COLS[bits]
+    B = Q.reshape(T, 16, kp // kb, kb).transpose(0, 2, 1, 3)  # (tile, block, row, col in block)
+    parts = [B[..., 4 * i : 4 * i + 4] for i in range(kb // 4)]  # (.., 16, 4): byte 4r + j
+    if bits == 8:
+        low = parts[0]
+    elif bits == 4:
+        low = parts[0] | (parts[1] << 4)
+    else:
+        low = sum(((p & 3) << (2 * i)).astype(np.uint8) for i, p in enumerate(parts)).astype(np.uint8)
+    blocks = [low.reshape(T, kp // kb, 64)]
+    if bits == 3:
+        for p in parts:
+            bitsv = ((p >> 2) & 1).reshape(T, kp // kb, 64)
+            blocks.append(np.packbits(bitsv, axis=-1, bitorder="little"))
+    codes = np.concatenate(blocks, axis=-1).reshape(-1)
+    S = np.zeros((T * 16, G), np.float32)
+    Z = np.zeros((T * 16, G), np.uint8)
+    S[:N], Z[:N] = s, z.astype(np.uint8)
+    return (np.ascontiguousarray(codes), np.ascontiguousarray(S.reshape(T, 16, G).transpose(0, 2, 1)),
+            np.ascontiguousarray(Z.reshape(T, 16, G).transpose(0, 2, 1)))
+
+
+def unpack_weights(codes, scales, zeros, bits, rows, cols, group_size=0):
+    """(q uint8 (rows, cols), scale (rows, G), zero (rows, G)) read back from the three arrays."""
+    lay = packed_layout(bits, rows, cols, group_size)
+    kp, G, T = lay["padded_cols"], lay["groups"], lay["tiles"]
+    kb, bb = _BLOCK_COLS[bits], _BLOCK_BYTES[bits]
+    blk = np.asarray(codes, np.uint8).reshape(T, kp // kb, bb)
+    low = blk[..., :64].reshape(T, kp // kb, 16, 4)
+    if bits == 8:
+        parts = [low]
+    elif bits == 4:
+        parts = [low & 15, low >> 4]
+    else:
+        parts = [(low >> (2 * i)) & 3 for i in range(4)]
+        if bits == 3:
+            for i in range(4):
+                hi = np.unpackbits(blk[..., 64 + 8 * i : 72 + 8 * i], axis=-1, bitorder="little")
+                parts[i] = parts[i] | (hi.reshape(T, kp // kb, 16, 4) << 2)
+    B = np.concatenate(parts, axis=-1)  # (tile, block, row, col in block)
+    Q = B.transpose(0, 2, 1, 3).reshape(T * 16, kp)
+    S = np.asarray(scales, np.float32).transpose(0, 2, 1).reshape(T * 16, G)
+    Z = np.asarray(zeros, np.uint8).transpose(0, 2, 1).reshape(T * 16, G)
+    return Q[:rows, :cols].copy(), S[:rows].copy(), Z[:rows].astype(np.float32)
+
+
+def _dequant_packed(codes, scales, zeros, bits, rows, cols, group_size):
+    q, s, z = unpack_weights(codes, scales, zeros, bits, rows, cols, group_size)
+    G = s.shape[1]
+    rep = cols // G if group_size else cols
+    return (q.astype(np.float64) - np.repeat(z, rep, axis=1)) * np.repeat(s, rep, axis=1).astype(np.float64)
+
+
+def qmatmul(codes, scales, zeros, bits, rows, cols, group_size, x, bias=None):
+    """float64 x W^T + bias with W the packed matrix's (q - z) * s."""
+    W = _dequant_packed(codes, scales, zeros, bits, rows, cols, group_size)
+    y = np.asarray(x, np.float64).reshape(-1, cols) @ W.T
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def quantize_activations(x, act=None):
+    """(a int64 (M, K) integer activation values, sx float32 (M,)) as the int8 path makes them:
+    act None = per-row symmetric int8; (scale, zero, bits) = the per-tensor quantizer."""
+    x = np.asarray(x, np.float32)
+    if act is None:
+        amax = np.abs(x).max(axis=1)
+        sx = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+        a = np.clip(np.round(x / sx[:, None]), -127, 127).astype(np.int64)
+        return a, sx
+    s, z, b = np.float32(act[0]), np.float32(act[1]), int(act[2])
+    c = np.clip(np.round(x / s) + z, 0, 2**b - 1)
+    return (c - z).astype(np.int64), np.full(x.shape[0], s, np.float32)
+
+
+def qmatmul_a8(codes, scales, zeros, bits, rows, cols, group_size, x, act=None, bias=None):
+    """float64 result of the int8 path: sx * sum_g s_g * (exact integer sum over the group)."""
+    q, s, z = unpack_weights(codes, scales, zeros, bits, rows, cols, group_size)
+    a, sx = quantize_activations(np.asarray(x, np.float32).reshape(-1, cols), act)
+    G = s.shape[1]
+    gc = cols // G
+    y = np.zeros((a.shape[0], rows))
+    for g in range(G):
+        wg = q[:, g * gc : (g + 1) * gc].astype(np.int64) - z[:, g : g + 1].astype(np.int64)
+        y += (a[:, g * gc : (g + 1) * gc] @ wg.T).astype(np.float64) * s[:, g].astype(np.float64)
+    y *= sx[:, None].astype(np.float64)
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def packed_row_sums(codes, scales, zeros, bits, rows, cols, group_size):
+    q, s, z = unpack_weights(codes, scales, zeros, bits, rows, cols, group_size)
+    G = s.shape[1]
+    gc = cols // G
+    c = (q.astype(np.int64).reshape(rows, G, gc) - z.astype(np.int64)[:, :, None]).sum(axis=2)
+    return (c * s.astype(np.float64)).sum(axis=1)
