@@ -375,3 +375,88 @@ def qmatmul_a8(p: Packed, x: ArrayLike, act: tuple[float, float, int] | None = N
     s, z, b = (1.0, 0.0, 8) if dynamic else (float(act[0]), float(act[1]), int(act[2]))
     _C.qmatmul_a8(*p.args(), xa, dynamic, s, z, b, row_sums, None if bias is None else as_f32(bias), y)
     return y
+
+
+# --- threshold: AQuant borders and N2UQ's LTQ (threshold.h) ------------------------------
+# Activations cross as (rows, inner) with row r in channel r % C, C = the parameters' rows.
+
+
+def border_table(param: ArrayLike, bits: int, *, affine: bool, eps: float) -> np.ndarray:
+    """Borders B (C, 2^b - 1) from the table (C, n) or affine (C, 2) parameterisation."""
+    p = as_f32(param)
+    B = np.empty((p.shape[0] if p.ndim == 2 else 0, (1 << int(bits)) - 1), dtype=np.float32)
+    _C.border_table(p, int(bits), bool(affine), float(eps), B)
+    return B
+
+
+def border_table_backward(param: ArrayLike, gB: ArrayLike, bits: int, *, affine: bool,
+                          eps: float) -> np.ndarray:
+    p = as_f32(param)
+    g = np.empty(p.shape, dtype=np.float32)
+    _C.border_table_backward(p, as_f32(gB), int(bits), bool(affine), float(eps), g)
+    return g
+
+
+def border_quant_forward(x: ArrayLike, B: ArrayLike, bits: int, *, scale: float, zero: float,
+                         tau: float, hard: bool) -> np.ndarray:
+    """AQuant fake-quant of x (rows, inner) with borders B (C, 2^b - 1)."""
+    xa = as_2d(as_f32(x))
+    out = np.empty(xa.shape, dtype=np.float32)
+    _C.border_quant_forward(xa, as_f32(B), int(bits), float(scale), float(zero), float(tau),
+                            bool(hard), out)
+    return out
+
+
+def border_quant_backward(x: ArrayLike, gy: ArrayLike, B: ArrayLike, bits: int, *, scale: float,
+                          zero: float, tau: float, hard: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """(grad x (rows, inner), grad B (C, n), grad scale) for the upstream gradient gy."""
+    xa = as_2d(as_f32(x))
+    Ba = as_f32(B)
+    gx = np.empty(xa.shape, dtype=np.float32)
+    gB = np.empty(Ba.shape, dtype=np.float32)
+    gs = np.empty(1, dtype=np.float32)
+    _C.border_quant_backward(xa, as_2d(as_f32(gy)), Ba, int(bits), float(scale), float(zero),
+                             float(tau), bool(hard), gx, gB, gs)
+    return gx, gB, float(gs[0])
+
+
+def ltq_forward(x: ArrayLike, start: ArrayLike, a: ArrayLike, in_scale: ArrayLike, bits: int, *,
+                out_scale: float, zero: float, a_min: float, s1_min: float) -> np.ndarray:
+    """N2UQ LTQ fake-quant of x (rows, inner); start (C,), a (C, 2^b - 1), in_scale (C,)."""
+    xa = as_2d(as_f32(x))
+    out = np.empty(xa.shape, dtype=np.float32)
+    _C.ltq_forward(xa, as_f32(start), as_f32(a), as_f32(in_scale), int(bits), float(out_scale),
+                   float(zero), float(a_min), float(s1_min), out)
+    return out
+
+
+def ltq_backward(x: ArrayLike, gy: ArrayLike, start: ArrayLike, a: ArrayLike, in_scale: ArrayLike,
+                 bits: int, *, out_scale: float, zero: float, a_min: float, s1_min: float):
+    """G-STE gradients: (gx, gstart (C,), ga (C, n), gin_scale (C,), gout_scale float)."""
+    xa = as_2d(as_f32(x))
+    st, aa, s1 = as_f32(start), as_f32(a), as_f32(in_scale)
+    gx = np.empty(xa.shape, dtype=np.float32)
+    gst = np.empty(st.shape, dtype=np.float32)
+    ga = np.empty(aa.shape, dtype=np.float32)
+    gs1 = np.empty(s1.shape, dtype=np.float32)
+    gs2 = np.empty(1, dtype=np.float32)
+    _C.ltq_backward(xa, as_2d(as_f32(gy)), st, aa, s1, int(bits), float(out_scale), float(zero),
+                    float(a_min), float(s1_min), gx, gst, ga, gs1, gs2)
+    return gx, gst, ga, gs1, float(gs2[0])
+
+
+def ltq_thresholds(start: ArrayLike, a: ArrayLike, in_scale: ArrayLike, bits: int, *,
+                   a_min: float, s1_min: float) -> np.ndarray:
+    """Inference thresholds (C, 2^b - 1) in x units."""
+    st = as_f32(start)
+    t = np.empty((st.shape[0], (1 << int(bits)) - 1), dtype=np.float32)
+    _C.ltq_thresholds(st, as_f32(a), as_f32(in_scale), int(bits), float(a_min), float(s1_min), t)
+    return t
+
+
+def threshold_quantize(x: ArrayLike, thresholds: ArrayLike, bits: int) -> np.ndarray:
+    """uint8 codes #{k : x >= t_{c,k}} of x (rows, inner), thresholds (C, 2^b - 1)."""
+    xa = as_2d(as_f32(x))
+    codes = np.empty(xa.shape, dtype=np.uint8)
+    _C.threshold_quantize(xa, as_f32(thresholds), int(bits), codes)
+    return codes

@@ -276,3 +276,188 @@ def packed_row_sums(codes, scales, zeros, bits, rows, cols, group_size):
     gc = cols // G
     c = (q.astype(np.int64).reshape(rows, G, gc) - z.astype(np.int64)[:, :, None]).sum(axis=2)
     return (c * s.astype(np.float64)).sum(axis=1)
+
+
+# --- threshold: AQuant borders and N2UQ's LTQ ----------------------------------------------
+# x is (rows, inner) with row r in channel r % C. NumPy twins of the forward passes (same
+# float32 operations in the same order as the C++), PyTorch autograd twins of the backward.
+
+
+def border_table(param, bits, *, affine, eps):
+    p = np.asarray(param, np.float32)
+    n = 2**bits - 1
+    if affine:
+        k = (np.arange(n, dtype=np.float32) + np.float32(0.5)) / np.float32(n)
+        pre = np.float32(0.5) + (p[:, :1] * k + p[:, 1:2])
+    else:
+        pre = np.float32(0.5) + p
+    return np.clip(pre, np.float32(eps), np.float32(1) - np.float32(eps)).astype(np.float32)
+
+
+def _rows_channel(rows, C):
+    return np.arange(rows) % C
+
+
+def border_quant_forward(x, B, bits, *, scale, zero, tau, hard):
+    x = np.asarray(x, np.float32)
+    B = np.asarray(B, np.float32)
+    qmax = np.float32(2**bits - 1)
+    s, z = np.float32(scale), np.float32(zero)
+    v = x / s + z
+    inside = (v >= 0) & (v < qmax)
+    kf = np.floor(np.where(inside, v, 0)).astype(np.float32)
+    f = np.where(inside, v, 0) - kf
+    b = B[_rows_channel(x.shape[0], B.shape[0])[:, None], kf.astype(np.int64)]
+    if hard:
+        qin = kf + (f >= b).astype(np.float32)
+    else:
+        t = (f - b) * (np.float32(1) / np.float32(tau))
+        qin = kf + np.float32(1) / (np.float32(1) + np.exp(-t))
+    q = np.where(v >= qmax, qmax, np.where(inside, qin, np.float32(0))).astype(np.float32)
+    return (s * (q - z)).astype(np.float32)
+
+
+def ltq_tables(start, a, in_scale, bits, *, a_min, s1_min):
+    """Floored a (C, n), floored in_scale (C,), segment ends D (C, n+1), thresholds T (C, n)."""
+    n = 2**bits - 1
+    a_e = np.maximum(np.asarray(a, np.float32), np.float32(a_min))
+    s1 = np.maximum(np.asarray(in_scale, np.float32), np.float32(s1_min))
+    C = a_e.shape[0]
+    D = np.empty((C, n + 1), np.float32)
+    T = np.empty((C, n), np.float32)
+    D[:, 0] = np.asarray(start, np.float32)
+    for i in range(n):
+        T[:, i] = D[:, i] + a_e[:, i] * np.float32(0.5)
+        D[:, i + 1] = D[:, i] + a_e[:, i]
+    return a_e, s1, D, T
+
+
+def ltq_thresholds(start, a, in_scale, bits, *, a_min, s1_min):
+    _, s1, _, T = ltq_tables(start, a, in_scale, bits, a_min=a_min, s1_min=s1_min)
+    return (T / s1[:, None]).astype(np.float32)
+
+
+def ltq_forward(x, start, a, in_scale, bits, *, out_scale, zero, a_min, s1_min):
+    x = np.asarray(x, np.float32)
+    _, s1, _, T = ltq_tables(start, a, in_scale, bits, a_min=a_min, s1_min=s1_min)
+    ch = _rows_channel(x.shape[0], T.shape[0])
+    u = s1[ch][:, None] * x
+    code = (u[..., None] >= T[ch][:, None, :]).sum(-1).astype(np.float32)
+    return (np.float32(out_scale) * (code - np.float32(zero))).astype(np.float32)
+
+
+def threshold_quantize(x, thresholds, bits):
+    x = np.asarray(x, np.float32)
+    t = np.asarray(thresholds, np.float32)
+    ch = _rows_channel(x.shape[0], t.shape[0])
+    return (x[..., None] >= t[ch][:, None, :]).sum(-1).astype(np.uint8)
+
+
+def _one_sided_clamp(pre, lo, hi):
+    """clamp(pre, lo, hi); a clamped entry passes only a gradient that moves it back inside."""
+    import torch
+
+    class OneSidedClamp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, p):
+            ctx.save_for_backward(p)
+            return p.clamp(lo, hi)
+
+        @staticmethod
+        def backward(ctx, g):
+            (p,) = ctx.saved_tensors
+            block = ((p < lo) & (g > 0)) | ((p > hi) & (g < 0))
+            return torch.where(block, torch.zeros_like(g), g)
+
+    return OneSidedClamp.apply(pre)
+
+
+def border_table_torch(param, bits, *, affine, eps):
+    """Differentiable twin of border_table (torch tensors)."""
+    import torch
+
+    n = 2**bits - 1
+    if affine:
+        k = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+        pre = 0.5 + (param[:, :1] * k + param[:, 1:2])
+    else:
+        pre = 0.5 + param
+    return _one_sided_clamp(pre, eps, 1.0 - eps)
+
+
+def border_quant_torch(x, B, scale, bits, *, zero, tau, hard):
+    """Autograd twin of border_quant_forward/backward: STE (LSQ rule) for x and scale, the
+    sigmoid's derivative for B (in hard mode too). x (rows, inner), B (C, n), scale 1-element."""
+    import torch
+
+    qmax = float(2**bits - 1)
+    v = x / scale + zero
+    vd = v.detach()
+    inside = (vd >= 0) & (vd < qmax)
+    kf = torch.floor(torch.where(inside, vd, torch.zeros_like(vd)))
+    f = torch.where(inside, vd, torch.zeros_like(vd)) - kf
+    ch = torch.arange(x.shape[0]) % B.shape[0]
+    b = B[ch[:, None], kf.long()]
+    h = torch.sigmoid((f - b) / tau)
+    step = ((f >= b).float() + h - h.detach()) if hard else h
+    qin = kf + step + (v - vd)
+    q = torch.where(vd >= qmax, torch.full_like(vd, qmax), torch.where(inside, qin, torch.zeros_like(vd)))
+    return scale * (q - zero)
+
+
+def ltq_torch(x, start, a, in_scale, out_scale, bits, *, zero, a_min, s1_min):
+    """Autograd twin of ltq_forward/ltq_backward: hard forward, gradient of the G-STE
+    surrogate. x (rows, inner), start (C,), a (C, n), in_scale (C,), out_scale 1-element."""
+    import torch
+
+    n = 2**bits - 1
+    a_e = torch.clamp(a, min=a_min)
+    s1 = torch.clamp(in_scale, min=s1_min)
+    ds = [start]
+    for i in range(n):
+        ds.append(ds[-1] + a_e[:, i])
+    D = torch.stack(ds, 1)
+    T = D[:, :-1] + a_e * 0.5
+    ch = torch.arange(x.shape[0]) % start.shape[0]
+    u = s1[ch][:, None] * x
+    ud = u.detach()
+    code = (ud[..., None] >= T.detach()[ch][:, None, :]).sum(-1).float()
+    j = (ud[..., None] >= D.detach()[ch][:, None, :]).sum(-1)
+    inside = (j >= 1) & (j <= n)
+    seg = (j - 1).clamp(0, n - 1)
+    rows = ch[:, None].expand_as(seg)
+    g = seg.float() + (u - D[rows, seg]) / a_e[rows, seg]
+    g = torch.where(inside, g, torch.zeros_like(g))
+    return out_scale * ((g - g.detach()) + code - zero)
+
+
+def expected_stochastic_ltq(x, start, a, in_scale, out_scale, bits, *, zero, a_min, s1_min):
+    """float64 expectation of N2UQ's stochastic rounding: inside segment i = [d_{i-1}, d_i) the
+    output is level i with probability (u - d_{i-1}) / a_i and level i - 1 otherwise; below d_0
+    level 0, at or above d_n level n. Written from the probabilities, not the surrogate."""
+    x = np.asarray(x, np.float64)
+    n = 2**bits - 1
+    a_e = np.maximum(np.asarray(a, np.float64), a_min)
+    s1 = np.maximum(np.asarray(in_scale, np.float64), s1_min)
+    C = a_e.shape[0]
+    ch = _rows_channel(x.shape[0], C)
+    D = np.concatenate([np.asarray(start, np.float64)[:, None],
+                        np.asarray(start, np.float64)[:, None] + np.cumsum(a_e, 1)], 1)
+    u = s1[ch][:, None] * x
+    expect = np.zeros_like(u)
+    for lev in range(n + 1):  # E = sum_l l * P(l)
+        p = np.zeros_like(u)
+        if lev == 0:
+            p += u < D[ch, 0][:, None]
+        if lev == n:
+            p += u >= D[ch, n][:, None]
+        if lev >= 1:  # segment lev, rounded up
+            lo, hi = D[ch, lev - 1][:, None], D[ch, lev][:, None]
+            m = (u >= lo) & (u < hi)
+            p += m * (u - lo) / (hi - lo)
+        if lev <= n - 1:  # segment lev + 1, rounded down
+            lo, hi = D[ch, lev][:, None], D[ch, lev + 1][:, None]
+            m = (u >= lo) & (u < hi)
+            p += m * (1 - (u - lo) / (hi - lo))
+        expect += lev * p
+    return float(out_scale) * (expect - zero)

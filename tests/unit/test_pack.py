@@ -25,21 +25,11 @@ from lowbit.pack import PackedConv2d, PackedLayer, PackedLinear, container_bits,
 from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear, UniformActQuantizer
 
 EPS = float(np.finfo(np.float32).eps)
-ISA_ORDER = ["scalar", "avx2", "avx512", "avx512vnni", "amx"]
-ISAS = ISA_ORDER[: ISA_ORDER.index(_native.detected_isa()) + 1]
 
 # torch warns that an even 'same' kernel pads a copy of the input: that is the case under test.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):  # as tests/conftest.py's
-    _native.set_isa(request.param)
-    try:
-        assert _native.active_isa() == request.param
-        yield request.param
-    finally:
-        _native.set_isa(None)
 
 
 class CNN(nn.Module):

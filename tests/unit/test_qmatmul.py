@@ -13,9 +13,6 @@ import pytest
 
 from lowbit import _native, reference
 
-ISA_ORDER = ["scalar", "avx2", "avx512", "avx512vnni", "amx"]
-ISAS = ISA_ORDER[: ISA_ORDER.index(_native.detected_isa()) + 1]
-
 # (rows, cols, group_size): ragged rows (not a multiple of 16), ragged cols (per channel),
 # several groups, a single tile, a single column.
 SHAPES = [(1, 1, 0), (5, 13, 0), (16, 64, 0), (37, 100, 0), (21, 96, 32), (40, 256, 64), (17, 128, 128),
@@ -23,16 +20,6 @@ SHAPES = [(1, 1, 0), (5, 13, 0), (16, 64, 0), (37, 100, 0), (21, 96, 32), (40, 2
 BITS = [2, 3, 4, 8]
 
 
-# The same fixture as tests/conftest.py's ``isa`` (kept here so this file runs on its own):
-# every level up to the detected one, reset afterwards.
-@pytest.fixture(params=ISAS)
-def isa(request):
-    _native.set_isa(request.param)
-    try:
-        assert _native.active_isa() == request.param
-        yield request.param
-    finally:
-        _native.set_isa(None)
 
 
 def with_threads(fn, counts=(1, 2)):
