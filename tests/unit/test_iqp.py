@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lowbit import _native, reference
 
 
-def make_instance(rng, sizes, kind="lowrank", budget=0.5, rows=1, interaction=1.0):
+def make_instance(rng, sizes, kind="lowrank", budget=0.5, rows=1, interaction=1.0, band=None):
     """G (n, n) float32 in CLADO's layout, budget rows A (rows, n) and b at a fraction of the range."""
     sizes = np.asarray(sizes, np.int32)
     n = int(sizes.sum())
@@ -23,6 +23,8 @@ def make_instance(rng, sizes, kind="lowrank", budget=0.5, rows=1, interaction=1.
         G = rng.standard_normal((n, n))
         G = G + G.T
     G[(layer[:, None] == layer[None, :]) & ~np.eye(n, dtype=bool)] = 0.0  # CLADO's convention
+    if band is not None:  # only layers at most `band` apart interact (pairs="neighbors", windows)
+        G[np.abs(layer[:, None] - layer[None, :]) > band] = 0.0
     A = rng.uniform(1, 10, (rows, n)).astype(np.float32)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     lo = np.array([[A[r, starts[k] : starts[k + 1]].min() for k in range(len(sizes))] for r in range(rows)]).sum(1)
@@ -65,7 +67,8 @@ def instances(draw):
     budget = draw(st.floats(0.0, 1.0))
     interaction = draw(st.sampled_from([0.1, 1.0, 3.0]))
     seed = draw(st.integers(0, 2**32 - 1))
-    G, sz, A, b = make_instance(np.random.default_rng(seed), sizes, kind, budget, max(rows, 1), interaction)
+    band = draw(st.sampled_from([None, None, 0, 1, 2]))
+    G, sz, A, b = make_instance(np.random.default_rng(seed), sizes, kind, budget, max(rows, 1), interaction, band)
     if rows == 0:
         A = b = None
     return G, sz, A, b
@@ -75,6 +78,19 @@ def instances(draw):
 @given(instances())
 def test_solver_equals_bruteforce(inst):
     check_same_optimum(*inst)
+
+
+@pytest.mark.parametrize("band", [0, 1, 2])
+def test_banded_instances_use_the_chain_bound(band):
+    rng = np.random.default_rng(band)
+    for budget in (0.2, 0.5, 0.8):
+        G, sz, A, b = make_instance(rng, [3, 2, 4, 3, 3, 1, 3, 4, 3, 3], "lowrank", budget, 1, 2.0, band)
+        info = check_same_optimum(G, sz, A, b)
+        assert info["relaxation"] == "chain"
+    # 52 layers in a chain (mobilenet_v2 with pairs="neighbors"): proven quickly.
+    G, sz, A, b = make_instance(rng, [3] * 52, "lowrank", 0.5, 1, 1.0, band)
+    _, info = _native.solve_iqp(G, sz, A, b, time_limit=30)
+    assert info["status"] == "optimal" and info["relaxation"] == "chain"
 
 
 def test_bruteforce_matches_numpy_twin():

@@ -34,6 +34,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <queue>
@@ -1014,6 +1015,425 @@ struct NodeOrder {
   }
 };
 
+
+// ---------------------------------------------------------------------------------------
+// Banded G (interactions only between layers at most w apart in order, w <= 2: CLADO's
+// pairs="neighbors" or a small window, and w = 0 for the diagonal-only search). Relaxing
+// the budget rows with multipliers lam >= 0 leaves a chain whose minimum is an exact dynamic
+// program over windows of w consecutive choices, so
+//     L(lam) = min_config [x^T Gs x + lam^T (A x - b)]
+// is a valid bound for every lam (the Lagrangian dual), maximised over lam by bisection on
+// its slope. Forward and backward values give, for every (layer, choice), the bound with
+// that choice forced (fixing and child bounds at once), and the minimisers on the two sides
+// of the optimal lam give a feasible configuration and the layers to branch on.
+
+struct Chain {
+  const Data& D;
+  int w;
+  std::vector<int64_t> lo, nst;            // per layer: first layer of its window, state count
+  std::vector<std::vector<int64_t>> stride;  // per layer: mixed-radix strides over the window
+  std::vector<double> cost;                // (n,) d + lam^T A of the current lam
+  std::vector<std::vector<double>> F, B;   // forward / backward values per layer and state
+  std::vector<std::vector<int32_t>> arg;   // forward argmin (predecessor's leading choice)
+
+  Chain(const Data& D_, int w_) : D(D_), w(w_) {
+    const int64_t L = D.L;
+    lo.resize(L);
+    nst.resize(L);
+    stride.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      lo[l] = std::max<int64_t>(0, l - std::max(w, 1) + 1);
+      if (w == 0) lo[l] = l;
+      int64_t k = 1;
+      stride[l].assign(l - lo[l] + 1, 0);
+      for (int64_t j = l; j >= lo[l]; --j) {  // the last layer varies fastest
+        stride[l][j - lo[l]] = k;
+        k *= D.size(j);
+      }
+      nst[l] = k;
+    }
+    F.resize(L);
+    B.resize(L);
+    arg.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      F[l].resize(nst[l]);
+      B[l].resize(nst[l]);
+      arg[l].resize(nst[l]);
+    }
+    cost.resize(D.n);
+  }
+
+  int64_t digit(int64_t l, int64_t state, int64_t layer) const {
+    return (state / stride[l][layer - lo[l]]) % D.size(layer);
+  }
+  // Interaction of layer l's choice with the earlier layers inside its own window (state st).
+  double pair_cost(int64_t l, int64_t st) const {
+    if (w == 0) return 0.0;
+    const int64_t i = D.start[l] + digit(l, st, l);
+    double s = 0;
+    for (int64_t k = lo[l]; k < l; ++k) s += 2.0 * D.W[i * D.n + D.start[k] + digit(l, st, k)];
+    return s;
+  }
+  bool allowed(const std::vector<uint32_t>& mask, int64_t l, int64_t st) const {
+    for (int64_t k = lo[l]; k <= l; ++k)
+      if (!((mask[k] >> digit(l, st, k)) & 1u)) return false;
+    return true;
+  }
+
+  // Forward and backward passes for the current cost; returns min over configurations.
+  // F[l][st]: best cost of layers <= l (their pairs included) ending in window state st.
+  // B[l][st]: best cost of layers > l and of every pair touching them, given st.
+  double run(const std::vector<uint32_t>& mask) {
+    const int64_t L = D.L, n = D.n;
+    for (int64_t l = 0; l < L; ++l) {
+      const bool drops = l > 0 && lo[l - 1] < lo[l];  // layer lo[l-1] leaves the window
+      const bool far = drops && w >= 1;                // ... and interacts with l (distance w)
+      const int64_t kd = drops ? D.size(lo[l - 1]) : 1;
+      for (int64_t st = 0; st < nst[l]; ++st) {
+        if (!allowed(mask, l, st)) {
+          F[l][st] = kInf;
+          continue;
+        }
+        const int64_t i = D.start[l] + digit(l, st, l);
+        const double add = cost[i] + pair_cost(l, st);
+        if (l == 0) {
+          F[l][st] = add;
+          continue;
+        }
+        int64_t base = 0;
+        for (int64_t k = lo[l]; k < l; ++k) base += digit(l, st, k) * stride[l - 1][k - lo[l - 1]];
+        double best = kInf;
+        int32_t ba = -1;
+        for (int64_t c = 0; c < kd; ++c) {
+          const int64_t ps = base + (drops ? c * stride[l - 1][0] : 0);
+          double v = F[l - 1][ps];
+          if (far) v += 2.0 * D.W[i * n + D.start[lo[l - 1]] + c];
+          if (v < best) {
+            best = v;
+            ba = int32_t(ps);
+          }
+        }
+        F[l][st] = best + add;
+        arg[l][st] = ba;
+      }
+    }
+    for (int64_t l = L - 1; l >= 0; --l) {
+      for (int64_t st = 0; st < nst[l]; ++st) {
+        if (l == L - 1) {
+          B[l][st] = 0;
+          continue;
+        }
+        int64_t base = 0;
+        for (int64_t k = lo[l + 1]; k <= l; ++k) base += digit(l, st, k) * stride[l + 1][k - lo[l + 1]];
+        double best = kInf;
+        for (int64_t c = 0; c < D.size(l + 1); ++c) {
+          const int64_t ns = base + c;  // layer l+1 is the last digit (stride 1)
+          if (!allowed(mask, l + 1, ns)) continue;
+          const int64_t j = D.start[l + 1] + c;
+          double v = cost[j] + B[l + 1][ns];
+          if (w >= 1)  // pairs of l+1 with layers max(0, l+1-w)..l, all in this state's window
+            for (int64_t k = std::max<int64_t>(0, l + 1 - w); k <= l; ++k)
+              v += 2.0 * D.W[j * n + D.start[k] + digit(l, st, k)];
+          best = std::min(best, v);
+        }
+        B[l][st] = best;
+      }
+    }
+    double mn = kInf;
+    for (int64_t st = 0; st < nst[L - 1]; ++st) mn = std::min(mn, F[L - 1][st]);
+    return mn;
+  }
+
+  void argmin(std::vector<int32_t>& c) const {
+    const int64_t L = D.L;
+    int64_t st = 0;
+    double mn = kInf;
+    for (int64_t s = 0; s < nst[L - 1]; ++s)
+      if (F[L - 1][s] < mn) {
+        mn = F[L - 1][s];
+        st = s;
+      }
+    for (int64_t l = L - 1; l >= 0; --l) {
+      c[l] = int32_t(digit(l, st, l));
+      if (l > 0) st = arg[l][st];
+    }
+  }
+
+  // Per variable: the minimum over configurations with that choice forced (current cost).
+  void forced(std::vector<double>& out) const {
+    out.assign(D.n, kInf);
+    for (int64_t l = 0; l < D.L; ++l)
+      for (int64_t st = 0; st < nst[l]; ++st) {
+        const double v = F[l][st] + B[l][st];
+        const int64_t i = D.start[l] + digit(l, st, l);
+        out[i] = std::min(out[i], v);
+      }
+  }
+
+  void set_lambda(const std::vector<double>& lam) {
+    for (int64_t i = 0; i < D.n; ++i) {
+      double c = D.d[i];
+      for (int64_t r = 0; r < D.m; ++r) c += lam[r] * D.A[r * D.n + i];
+      cost[i] = c;
+    }
+  }
+  double lam_b(const std::vector<double>& lam) const {
+    double s = 0;
+    for (int64_t r = 0; r < D.m; ++r) s += lam[r] * D.b[r];
+    return s;
+  }
+  double use(int64_t r, const std::vector<int32_t>& c) const {
+    double s = 0;
+    for (int64_t l = 0; l < D.L; ++l) s += D.A[r * D.n + D.start[l] + c[l]];
+    return s;
+  }
+
+  struct Bound {
+    double lb = -kInf;
+    bool infeasible = false;
+    std::vector<double> lam;
+    std::vector<int32_t> below, above;  // minimisers just below / above the optimal lam
+    std::vector<double> forced;         // per variable, at lam
+  };
+
+  // max over lam >= 0 of L(lam) on the masked problem (coordinate bisection per row).
+  Bound dual(const std::vector<uint32_t>& mask, std::vector<double> lam) {
+    Bound bd;
+    const int64_t L = D.L;
+    std::vector<int32_t> c(L);
+    auto value = [&](const std::vector<double>& lm) {
+      set_lambda(lm);
+      return run(mask) - lam_b(lm);
+    };
+    lam.resize(D.m, 0.0);
+    double best = value(lam);
+    if (!std::isfinite(best)) {
+      bd.infeasible = true;
+      bd.lb = kInf;
+      return bd;
+    }
+    bd.above.assign(L, 0);
+    bd.below.assign(L, 0);
+    const int cycles = D.m <= 1 ? 1 : 8;
+    for (int cyc = 0; cyc < cycles && D.m > 0; ++cyc) {
+      const double before = best;
+      for (int64_t r = 0; r < D.m; ++r) {
+        auto slope = [&](double v) {
+          lam[r] = v;
+          set_lambda(lam);
+          run(mask);
+          argmin(c);
+          return use(r, c) - D.b[r];
+        };
+        const double keep = lam[r];
+        double lo_v = 0, hi_v;
+        if (slope(0.0) <= 0) {
+          hi_v = 0;
+        } else {
+          hi_v = std::max(keep, 1e-300);
+          if (slope(hi_v) > 0) hi_v = std::max(hi_v, 1e-12 * std::max(D.gmax, 1e-300) / std::max(D.rscale[r], 1e-300));
+          int k = 0;
+          while (slope(hi_v) > 0 && k++ < 500) {
+            lo_v = hi_v;
+            hi_v *= 4.0;
+          }
+          if (k >= 500) {  // this row cannot be met in the masked problem
+            bd.infeasible = true;
+            bd.lb = kInf;
+            return bd;
+          }
+          for (int it = 0; it < 64 && hi_v - lo_v > 1e-15 * hi_v; ++it) {
+            const double mid = 0.5 * (lo_v + hi_v);
+            if (slope(mid) > 0)
+              lo_v = mid;
+            else
+              hi_v = mid;
+          }
+        }
+        double bv = -kInf, bm = 0;
+        for (double cand : {lo_v, hi_v, keep}) {
+          lam[r] = cand;
+          const double v = value(lam);
+          if (v > bv) {
+            bv = v;
+            bm = cand;
+          }
+        }
+        lam[r] = bm;
+        best = std::max(best, bv);
+        if (D.m == 1) {
+          lam[r] = lo_v;
+          set_lambda(lam);
+          run(mask);
+          argmin(bd.below);
+          lam[r] = hi_v;
+          set_lambda(lam);
+          run(mask);
+          argmin(bd.above);
+          lam[r] = bm;
+        }
+      }
+      if (best <= before + 1e-15 * std::fabs(best)) break;
+    }
+    const double v = value(lam);
+    if (D.m != 1) {
+      argmin(bd.above);
+      bd.below = bd.above;
+    }
+    bd.lb = v;
+    forced(bd.forced);
+    for (auto& f : bd.forced) f -= lam_b(lam);
+    bd.lam = lam;
+    return bd;
+  }
+};
+
+// Bandwidth of W in layer order: the largest |l - k| with a nonzero interaction.
+int bandwidth(const Data& D) {
+  int bw = 0;
+  for (int64_t i = 0; i < D.n; ++i)
+    for (int64_t j = i + 1; j < D.n; ++j)
+      if (D.W[i * D.n + j] != 0.0) bw = std::max<int>(bw, int(std::abs(D.layer[j] - D.layer[i])));
+  return bw;
+}
+
+// Branch and bound with the chain bound. best/best_obj carry the incumbent in and out.
+struct ChainOutcome {
+  int64_t nodes = 0;
+  bool stopped_time = false, stopped_nodes = false;
+  double lb = kInf;  // proven bound over the unexplored part (min of open and discarded nodes)
+  double root_bound = -kInf;
+};
+
+ChainOutcome chain_bnb(const Data& D, int w, const IQPOptions& opt, const Deadline& dl,
+                       const std::function<double(double)>& cutoff_of, std::vector<int32_t>& best,
+                       double& best_obj) {
+  ChainOutcome out;
+  Chain ch(D, w);
+  Search rs(D);
+  struct CNode {
+    std::vector<uint32_t> mask;
+    double lb;
+    int64_t id;
+    std::vector<double> lam;
+  };
+  auto order = [](const CNode& a, const CNode& b) { return a.lb != b.lb ? a.lb > b.lb : a.id < b.id; };
+  std::priority_queue<CNode, std::vector<CNode>, decltype(order)> queue(order);
+  std::vector<uint32_t> root(D.L);
+  for (int64_t l = 0; l < D.L; ++l) root[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
+  int64_t next_id = 0;
+  queue.push(CNode{root, -kInf, next_id++, {}});
+  double closed = kInf;
+  auto offer = [&](const std::vector<int32_t>& c) {
+    rs.assign(c.data());
+    if (!rs.feasible()) return;
+    rs.local_search(dl, false);
+    if (rs.feasible() && rs.obj < best_obj) {
+      best_obj = rs.obj;
+      best = rs.c;
+    }
+  };
+  bool first = true;
+  while (!queue.empty()) {
+    if (queue.top().lb >= cutoff_of(best_obj)) {
+      closed = std::min(closed, queue.top().lb);
+      queue.pop();
+      continue;
+    }
+    if (dl.passed()) {
+      out.stopped_time = true;
+      break;
+    }
+    if (out.nodes >= opt.node_limit) {
+      out.stopped_nodes = true;
+      break;
+    }
+    CNode nd = queue.top();
+    queue.pop();
+    Chain::Bound bd = ch.dual(nd.mask, nd.lam);
+    ++out.nodes;
+    const double lb = std::max(bd.lb, nd.lb);
+    if (first) {
+      out.root_bound = bd.lb;
+      first = false;
+    }
+    if (bd.infeasible) continue;
+    offer(bd.above);
+    const double cutoff = cutoff_of(best_obj);
+    if (lb >= cutoff) {
+      closed = std::min(closed, lb);
+      continue;
+    }
+    // Forced-choice bounds: fixing, and the branching layer (minimisers disagree there).
+    std::vector<uint32_t> mask = nd.mask;
+    int64_t branch = -1;
+    int free_layers = 0;
+    for (int64_t l = 0; l < D.L; ++l) {
+      for (int64_t s = 0; s < D.size(l); ++s)
+        if (((mask[l] >> s) & 1u) && bd.forced[D.start[l] + s] >= cutoff) {
+          mask[l] &= ~(1u << s);
+          closed = std::min(closed, bd.forced[D.start[l] + s]);
+        }
+      if (mask[l] == 0) {
+        closed = std::min(closed, lb);
+        branch = -2;
+        break;
+      }
+      if ((mask[l] & (mask[l] - 1)) != 0) {
+        ++free_layers;
+        if (branch == -1 && bd.below[l] != bd.above[l]) branch = l;
+      }
+    }
+    if (branch == -2) continue;
+    if (free_layers == 0) {  // a single configuration is left
+      std::vector<int32_t> c(D.L);
+      for (int64_t l = 0; l < D.L; ++l) {
+        int64_t s = 0;
+        while (!((mask[l] >> s) & 1u)) ++s;
+        c[l] = int32_t(s);
+      }
+      offer(c);
+      continue;
+    }
+    if (branch == -1) {
+      // The minimisers agree on every free layer: the feasible one is optimal here when the
+      // complementary slackness holds; otherwise split the free layer with most choices.
+      if (bd.above == bd.below) {
+        bool slack = true;
+        for (int64_t r = 0; r < D.m; ++r)
+          if (bd.lam.size() > size_t(r) && bd.lam[r] > 0 && ch.use(r, bd.above) < D.b[r] - 1e-12 * D.rscale[r])
+            slack = false;
+        rs.assign(bd.above.data());
+        if (slack && rs.feasible()) {
+          if (rs.obj < best_obj) {
+            best_obj = rs.obj;
+            best = rs.c;
+          }
+          closed = std::min(closed, std::max(lb, rs.obj));
+          continue;
+        }
+      }
+      int best_cnt = 0;
+      for (int64_t l = 0; l < D.L; ++l) {
+        const int cnt = __builtin_popcount(mask[l]);
+        if (cnt > 1 && cnt > best_cnt) {
+          best_cnt = cnt;
+          branch = l;
+        }
+      }
+    }
+    for (int64_t s = 0; s < D.size(branch); ++s) {
+      if (!((mask[branch] >> s) & 1u)) continue;
+      CNode c{mask, std::max(lb, bd.forced[D.start[branch] + s]), next_id++, bd.lam};
+      c.mask[branch] = 1u << s;
+      queue.push(std::move(c));
+    }
+  }
+  out.lb = closed;
+  if (!queue.empty()) out.lb = std::min(out.lb, queue.top().lb);
+  return out;
+}
+
 }  // namespace
 
 IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice) {
@@ -1109,6 +1529,41 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   res.warm_objective = best_obj;
 
   // ---- branch and bound ---------------------------------------------------------------------
+  const int bw = bandwidth(D);
+  int64_t window_states = 1;
+  for (int64_t l = 0; l < L; ++l) {
+    int64_t k = 1;
+    for (int64_t j = std::max<int64_t>(0, l - bw + 1); j <= l; ++j) k *= D.size(j);
+    window_states = std::max(window_states, k);
+  }
+  if (bw <= 2 && window_states <= 4096) {
+    auto denom_c = [&](double inc) { return std::max(std::fabs(inc), 1e-9 * std::max(D.gmax, 1e-300)); };
+    std::function<double(double)> cut = [&](double inc) {
+      return std::isfinite(inc) ? inc - opt.gap_tol * denom_c(inc) : kInf;
+    };
+    ChainOutcome co = chain_bnb(D, bw, opt, dl, cut, best, best_obj);
+    res.nodes = co.nodes;
+    res.root_bound = co.root_bound;
+    res.relaxation = "chain";
+    res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const bool stopped = co.stopped_time || co.stopped_nodes;
+    if (!std::isfinite(best_obj)) {
+      for (int64_t l = 0; l < L; ++l) choice[l] = -1;
+      res.objective = kInf;
+      res.status = stopped ? (co.stopped_time ? IQPStatus::kTimeLimit : IQPStatus::kNodeLimit) : IQPStatus::kInfeasible;
+      res.bound = stopped ? co.lb : kInf;
+      res.gap = stopped ? kInf : 0.0;
+      return res;
+    }
+    for (int64_t l = 0; l < L; ++l) choice[l] = best[l];
+    res.objective = iqp_objective(p, choice);
+    res.bound = std::min(co.lb, res.objective);
+    res.gap = std::max(0.0, (res.objective - res.bound) / denom_c(res.objective));
+    res.status = !stopped || res.gap <= opt.gap_tol ? IQPStatus::kOptimal
+                 : co.stopped_time                 ? IQPStatus::kTimeLimit
+                                                   : IQPStatus::kNodeLimit;
+    return res;
+  }
   const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
   if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "warm+shifts %.3f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
   std::vector<uint32_t> root_mask(L);
