@@ -31,8 +31,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -136,7 +134,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be pruned is solved to
-static bool kNodeShift = !std::getenv("LOWBIT_NO_NODE_SHIFT");
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -484,7 +481,6 @@ class Relaxation {
     int stall = 0;
     const int check_every = 4;
     for (int it = 0;; ++it) {
-      dbg_it_ = it;
       if (it % check_every == 0 || it >= max_iter) {
         // f and grad at x, the bound there.
         matvec(x_.data(), gx_.data());
@@ -536,7 +532,6 @@ class Relaxation {
     }
     res.lb = best_lb;
     res.x = x_;
-    if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "solve nf=%lld iters=%d lb=%.6g pruned=%d\n", (long long)nf_, dbg_it_, best_lb, int(res.pruned));
     // Reduced costs at the best bound.
     res.rc.assign(nf_, 0.0);
     if (best_lb > -kInf) {
@@ -602,7 +597,7 @@ class Relaxation {
     }
     mf_.resize(nf_);
     for (int64_t a = 0; a < nf_; ++a) mf_[a] = S_.m[vars_[a]];
-    if (kNodeShift && !fixed_.empty()) tighten();
+    if (!fixed_.empty()) tighten();
     Af_.resize(D_.m * nf_);
     for (int64_t r = 0; r < D_.m; ++r)
       for (int64_t a = 0; a < nf_; ++a) Af_[r * nf_ + a] = D_.A[r * n + vars_[a]];
@@ -821,7 +816,6 @@ class Relaxation {
   const Shift& S_;
   std::vector<int64_t> vars_, blocks_, bstart_, fixed_;
   int64_t nf_ = 0;
-  int dbg_it_ = 0;
   std::vector<double> Qf_, qf_, cf_, Af_, bres_, mf_;
   double const_ = 0;
   std::vector<double> x_, y_, xn_, z_, gx_, gy_, mu_proj_, mu_lp_, best_g_, best_mu_, scratch_;
@@ -1565,7 +1559,6 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     return res;
   }
   const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
-  if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "warm+shifts %.3f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
   std::vector<uint32_t> root_mask(L);
   for (int64_t l = 0; l < L; ++l)
     root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
@@ -1597,7 +1590,6 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     r.lb = std::max(r.lb, root.lb);
     root = std::move(r);
   }
-  if (std::getenv("LOWBIT_IQP_DEBUG")) fprintf(stderr, "root done %.3f s\n", std::chrono::duration<double>(Clock::now() - t0).count());
   res.root_bound = root.lb;
   res.relaxation = shifts[which].kind;
 
