@@ -178,6 +178,34 @@ def test_prefix_cache_gives_the_same_losses(digits):
         assert "forward" not in mod.__dict__
 
 
+class ScaledBlock(nn.Module):
+    """A module with its own parameter around a parameterised child (not replayable as a whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.gain = nn.Parameter(torch.full((1, 4, 1, 1), 1.5))
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) * self.gain
+
+
+def test_prefix_cache_with_nested_parameterised_modules():
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), ScaledBlock(), ScaledBlock(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    batches = [lowbit.calib.to_batch(torch.randn(8, 1, 6, 6)) for _ in range(2)]
+    names = ["0", "1.conv", "2.conv", "4"]
+    eng = clado.Engine(m, batches, names, "mse")
+    try:
+        assert eng.pos == {n: i for i, n in enumerate(names)}
+        for pick in (["2.conv"], ["4"], ["1.conv", "4"]):
+            w = {n: eng.fp_weight[n] * 0.9 for n in pick}
+            assert eng.loss(w) == pytest.approx(eng.loss(w, use_cache=False), rel=1e-12, abs=1e-15)
+            assert eng.loss(w) > 0
+    finally:
+        eng.close()
+
+
 class TwoBranches(nn.Module):
     """Two independent branches whose outputs are concatenated: with a squared-error loss the
     loss is a sum over branches, so layers of different branches do not interact."""

@@ -164,7 +164,13 @@ class Engine:
         self._keep = 0
         self._first: dict[int, int] = {}
         self._sizes: list[int] = []
-        self._patched = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+        # Leaf modules only: replaying a module with children would skip their calls and shift
+        # the call count the cache is indexed by.
+        self._patched = [m for m in model.modules()
+                         if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None]
+        missing = [n for n, m in self.mods.items() if not any(m is p for p in self._patched)]
+        if missing:
+            raise ValueError(f"CLADO can only search leaf layers with a weight, not {missing}")
         for m in self._patched:
             self._patch(m)
         try:
