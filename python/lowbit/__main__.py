@@ -49,8 +49,9 @@ def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], s
             raise ValueError(f"--avg-bits sets CLADO's budget, but the method {method!r} has no clado stage")
         from lowbit.methods.clado import CladoConfig
 
-        clado_opts = dict(options or {}) if len(stages) == 1 else {}
-        stages[stages.index("clado")] = CladoConfig.from_dict({**clado_opts, "avg_bits": float(avg_bits)})
+        if options and len(stages) > 1:
+            raise ValueError("--options applies to a single method; a pipeline takes no options")
+        stages[stages.index("clado")] = CladoConfig.from_dict({**(options or {}), "avg_bits": float(avg_bits)})
         options = None
     task = zoo.load_task(model_name, seed=seed, quick=quick)
     fp = task.evaluate(task.model)

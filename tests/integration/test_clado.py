@@ -265,3 +265,36 @@ def test_psd_projection_reports_clipped_mass(digits):
     assert meta["psd"] == "project"
     assert meta["negative_eigen_mass"] == pytest.approx(mass, rel=1e-5)
     assert meta["avg_bits"] <= 3.0 and meta["solver"]["status"] == "optimal"
+
+
+def test_cli_avg_bits_needs_a_clado_stage(monkeypatch):
+    from lowbit import __main__ as cli
+
+    with pytest.raises(ValueError, match="no clado stage"):
+        cli.evaluate("fmnist-resnet", "nearest", 4, None, avg_bits=3.0)
+    seen = {}
+
+    def fake_quantize(model, loader, method, **kw):
+        seen["method"] = method
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(lowbit, "quantize", fake_quantize)
+    import lowbit.zoo as zoo
+
+    class FakeTask:
+        model, calib_loader, quantize_kwargs = nn.Linear(2, 2), [torch.zeros(1, 2)], {}
+
+        @staticmethod
+        def evaluate(m):
+            return {"metric": 0.0, "agreement": 0.0}
+
+    monkeypatch.setattr(zoo, "load_task", lambda *a, **k: FakeTask)
+    with pytest.raises(ValueError, match="pipeline takes no options"):
+        cli.evaluate("fmnist-resnet", "clado+nearest", 8, 8, avg_bits=3.0, options={"pairs": "neighbors"})
+    with pytest.raises(RuntimeError, match="stop"):
+        cli.evaluate("fmnist-resnet", "clado+nearest", 8, 8, avg_bits=3.0)
+    stages = seen["method"]
+    assert isinstance(stages[0], CladoConfig) and stages[0].avg_bits == 3.0 and stages[1] == "nearest"
+    with pytest.raises(RuntimeError, match="stop"):
+        cli.evaluate("fmnist-resnet", "clado", 8, 8, avg_bits=2.5, options={"pairs": "neighbors"})
+    assert seen["method"][0].avg_bits == 2.5 and seen["method"][0].pairs == "neighbors"
