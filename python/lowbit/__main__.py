@@ -35,16 +35,28 @@ def weight_bytes(model) -> int:
 
 
 def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], seed: int = 0,
-             quick: bool = False, progress: bool = True, options: Optional[dict] = None) -> dict[str, Any]:
-    """Quantize a zoo model with `method` and score it; the record the CLI prints."""
+             quick: bool = False, progress: bool = True, options: Optional[dict] = None,
+             avg_bits: Optional[float] = None) -> dict[str, Any]:
+    """Quantize a zoo model with `method` and score it; the record the CLI prints.
+
+    avg_bits sets the budget of the pipeline's CLADO stage (average weight bits)."""
     import lowbit
     from lowbit import zoo
 
+    stages: list[Any] = method.split("+")
+    if avg_bits is not None:
+        if "clado" not in stages:
+            raise ValueError(f"--avg-bits sets CLADO's budget, but the method {method!r} has no clado stage")
+        from lowbit.methods.clado import CladoConfig
+
+        if options and len(stages) > 1:
+            raise ValueError("--options applies to a single method; a pipeline takes no options")
+        stages[stages.index("clado")] = CladoConfig.from_dict({**(options or {}), "avg_bits": float(avg_bits)})
+        options = None
     task = zoo.load_task(model_name, seed=seed, quick=quick)
     fp = task.evaluate(task.model)
-    stages = method.split("+")
     t0 = time.perf_counter()
-    qmodel = lowbit.quantize(task.model, task.calib_loader, stages if len(stages) > 1 else method,
+    qmodel = lowbit.quantize(task.model, task.calib_loader, stages if len(stages) > 1 or avg_bits else method,
                              w_bits=w_bits, a_bits=a_bits, seed=seed, progress=progress,
                              config=options or None, **task.quantize_kwargs)
     seconds = time.perf_counter() - t0
@@ -67,7 +79,7 @@ def _bits(text: str) -> Optional[int]:
 def cmd_eval(args: argparse.Namespace) -> int:
     options = json.loads(args.options) if args.options else None
     rec = evaluate(args.model, args.method, args.w_bits, args.a_bits, args.seed, args.quick,
-                   progress=not args.json, options=options)
+                   progress=not args.json, options=options, avg_bits=args.avg_bits)
     a = "32" if rec["a_bits"] is None else rec["a_bits"]
     print(f"{rec['model']}  {rec['method']}  W{rec['w_bits']}A{a}  seed {rec['seed']}")
     print(f"  {rec['metric_name']}: {rec['metric']:.2f} %  (FP {rec['fp_metric']:.2f} %)   "
@@ -140,6 +152,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=_bits, default=None, help="activation bits (default: float)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--avg-bits", type=float, default=None,
+                   help="CLADO's budget: average weight bits of the searched layers (needs a clado stage)")
     p.add_argument("--options", help="method options as JSON, e.g. '{\"iters\": 2000}'")
     p.add_argument("--quick", action="store_true", help="smaller evaluation subset")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")

@@ -36,6 +36,13 @@ def as_f32(x: ArrayLike) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def as_f64(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double()
+        return x.contiguous().numpy()
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
 def as_u8(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
@@ -207,6 +214,79 @@ def conv_gram_accumulate(
     )
 
 
+# --- iqp: CLADO's integer quadratic program ----------------------------------------------
+
+IQP_STATUSES = ("optimal", "time_limit", "node_limit", "infeasible")
+
+
+def _iqp_arrays(G: ArrayLike, sizes, A: ArrayLike | None, b: ArrayLike | None):
+    g = as_f32(G)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"G must be a square matrix, got shape {g.shape}")
+    sz = as_i32(np.asarray(sizes).reshape(-1))
+    if A is None:
+        if b is not None:
+            raise ValueError("b is given without A")
+        a = np.zeros((0, g.shape[0]), np.float64)
+        bb = np.zeros((0,), np.float64)
+    else:
+        a = as_2d(as_f64(A))
+        if b is None:
+            raise ValueError("A is given without b")
+        bb = as_f64(np.asarray(b).reshape(-1))
+    return g, sz, a, bb
+
+
+def solve_iqp(
+    G: ArrayLike,
+    sizes,
+    A: ArrayLike | None = None,
+    b: ArrayLike | None = None,
+    *,
+    time_limit: float = 10.0,
+    node_limit: int = 1_000_000,
+    gap_tol: float = 1e-9,
+    seed: int = 0,
+    restarts: int = 8,
+) -> tuple[np.ndarray, dict]:
+    """min x^T G x over one-hot x per layer (``sizes[l]`` consecutive choices) with A x <= b.
+
+    G is used in float32, the budget rows A (m, n) and b (m,) in float64.
+
+    Returns (choice (L,) int32, info) with info = {status: "optimal" | "time_limit" |
+    "node_limit" | "infeasible", objective, bound, gap, nodes, seconds, warm_objective};
+    choice is -1 everywhere when no feasible configuration was found (see iqp.h).
+    """
+    g, sz, a, bb = _iqp_arrays(G, sizes, A, b)
+    choice = np.empty(sz.shape[0], np.int32)
+    info = _C.solve_iqp(g, sz, a, bb, float(time_limit), int(node_limit), float(gap_tol), int(seed),
+                        int(restarts), choice)
+    return choice, dict(info)
+
+
+def solve_iqp_bruteforce(G: ArrayLike, sizes, A: ArrayLike | None = None,
+                         b: ArrayLike | None = None) -> tuple[np.ndarray, dict]:
+    """Enumerates every configuration (at most 1e8): the exact answer for small instances."""
+    g, sz, a, bb = _iqp_arrays(G, sizes, A, b)
+    choice = np.empty(sz.shape[0], np.int32)
+    info = _C.solve_iqp_bruteforce(g, sz, a, bb, choice)
+    return choice, dict(info)
+
+
+def iqp_objective(G: ArrayLike, sizes, choice) -> float:
+    """x^T G x of the configuration ``choice`` (one index per layer), summed in double."""
+    g, sz, _, _ = _iqp_arrays(G, sizes, None, None)
+    return float(_C.iqp_objective(g, sz, as_i32(np.asarray(choice).reshape(-1))))
+
+
+def project_psd(G: ArrayLike) -> tuple[np.ndarray, float]:
+    """(V max(Lambda, 0) V^T of (G + G^T) / 2, clipped negative eigen-mass)."""
+    g = as_f32(G)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"G must be a square matrix, got shape {g.shape}")
+    out = np.empty_like(g)
+    mass = _C.project_psd(g, out)
+    return out, float(mass)
 # --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
 #
 # A packed matrix travels as three arrays plus its shape (``Packed``); see pack.h or

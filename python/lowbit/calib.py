@@ -25,6 +25,7 @@ class Batch:
     args: tuple
     kwargs: dict
     size: int
+    labels: torch.Tensor | None = None  # a loader's (input, label) pair keeps its labels (CLADO's CE)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (*self.args, *self.kwargs.values()) if isinstance(t, torch.Tensor)]
@@ -37,12 +38,14 @@ class Batch:
     def head(self, n: int) -> Batch:
         """The first n samples (every tensor sliced along dim 0)."""
         cut = lambda t: t[:n] if isinstance(t, torch.Tensor) and t.dim() > 0 else t  # noqa: E731
-        return Batch(tuple(cut(a) for a in self.args), {k: cut(v) for k, v in self.kwargs.items()}, min(n, self.size))
+        return Batch(tuple(cut(a) for a in self.args), {k: cut(v) for k, v in self.kwargs.items()}, min(n, self.size),
+                     None if self.labels is None else self.labels[:n])
 
 
 def to_batch(raw: Any, input_fn: Callable[[Any], Any] | None = None) -> Batch:
     """Normalise one loader item into the model call it stands for."""
     item = input_fn(raw) if input_fn is not None else raw
+    labels = None
     if isinstance(item, torch.Tensor):
         args, kwargs = (item,), {}
     elif isinstance(item, dict):
@@ -51,6 +54,8 @@ def to_batch(raw: Any, input_fn: Callable[[Any], Any] | None = None) -> Batch:
         # A loader's (input, label) pair: the first item is the input. With input_fn, a tuple
         # is the positional arguments themselves.
         args, kwargs = ((item[0],) if input_fn is None else tuple(item)), {}
+        if input_fn is None and len(item) >= 2 and isinstance(item[1], torch.Tensor) and item[1].dim() > 0:
+            labels = item[1]
     else:
         raise TypeError(
             f"calibration batch of type {type(raw).__name__} is not a tensor, a tuple/list whose first "
@@ -64,7 +69,9 @@ def to_batch(raw: Any, input_fn: Callable[[Any], Any] | None = None) -> Batch:
     for t in tensors:
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"calibration batch contains NaN or Inf (input of shape {tuple(t.shape)})")
-    return Batch(args, kwargs, int(size))
+    if labels is not None and labels.shape[0] != size:
+        labels = None
+    return Batch(args, kwargs, int(size), labels)
 
 
 def collect_batches(

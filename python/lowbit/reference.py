@@ -109,6 +109,46 @@ def im2col(x, kernel_size, stride, padding, dilation, groups):
     return out
 
 
+# --- iqp -----------------------------------------------------------------------------------
+
+
+def iqp_objective(G, sizes, choice):
+    G = np.asarray(G, np.float64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    idx = np.array([starts[layer] + c for layer, c in enumerate(choice)])
+    Gs = (G + G.T) / 2
+    return float(Gs[np.ix_(idx, idx)].sum())
+
+
+def solve_iqp_bruteforce(G, sizes, A=None, b=None):
+    """Every configuration by itertools.product; first (lexicographic) among the best."""
+    import itertools
+
+    G = np.asarray(G, np.float64)
+    Gs = (G + G.T) / 2
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    A = np.zeros((0, G.shape[0])) if A is None else np.asarray(A, np.float64).reshape(-1, G.shape[0])
+    b = np.zeros(0) if b is None else np.asarray(b, np.float64).reshape(-1)
+    slack = 1e-9 * np.array([sum(np.abs(A[r, starts[k] : starts[k + 1]]).max() for k in range(len(sizes)))
+                             for r in range(A.shape[0])])
+    best, best_c = np.inf, None
+    for c in itertools.product(*[range(s) for s in sizes]):
+        idx = starts[:-1] + np.array(c)
+        if np.any(A[:, idx].sum(axis=1) > b + slack):
+            continue
+        v = Gs[np.ix_(idx, idx)].sum()
+        if v < best:
+            best, best_c = v, np.array(c, np.int32)
+    if best_c is None:
+        return np.full(len(sizes), -1, np.int32), {"status": "infeasible", "objective": np.inf}
+    return best_c, {"status": "optimal", "objective": float(best)}
+
+
+def project_psd(G):
+    Gs = (np.asarray(G, np.float64) + np.asarray(G, np.float64).T) / 2
+    lam, V = np.linalg.eigh(Gs)
+    out = (V * np.maximum(lam, 0)) @ V.T
+    return ((out + out.T) / 2).astype(np.float32), float(-lam[lam < 0].sum())
 # --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
 
 _BLOCK_COLS = {2: 16, 3: 16, 4: 8, 8: 4}

@@ -1,0 +1,1760 @@
+// Exact branch and bound for CLADO's integer quadratic program (iqp.h).
+//
+// Notation. Gs = (G + G^T) / 2. W = Gs with every within-layer block set to zero (products of
+// two choices of one layer are always 0 on one-hot points, so those entries never count),
+// d = diag(Gs). On a one-hot x:  x^T Gs x = x^T W x + d^T x.
+//
+// Convexification. For binaries x_i^2 = x_i, so with Q = W + diag(u) and c = d - u the
+// function f(x) = x^T Q x + c^T x equals the objective on every configuration, for any u.
+// u is chosen so that Q is positive semidefinite on the tangent space T of the simplex
+// product {d : sum_s d_ls = 0 for each l}; f is then convex on the affine hull of the
+// simplex product, and its minimum over the relaxed polytope
+//     P = {x >= 0, sum_s x_ls = 1 for each layer, A x <= b}
+// is a lower bound. Two shifts are tried at the root (uniform u = t, and u = t * s with s
+// the absolute row sums of W, for which t <= 1 by Gershgorin) and the one with the better
+// root bound is kept.
+//
+// Bounds that are always valid. For any y in the affine hull and any mu >= 0,
+//     min_{x in P} f(x) >= f(y) - g^T y + sum_l min_s (g + A^T mu)_ls - mu^T b,
+// g = grad f(y) (convexity on the hull, then weak Lagrangian duality of the linear program
+// over P). The QP solver (FISTA with exact projections onto the simplex product, the budget
+// handled by the projection's own dual) only has to produce good points; the bound never
+// depends on it having converged. The same expression with layer l forced to choice s adds
+// the reduced cost (g + A^T mu)_ls - min_s'(g + A^T mu)_ls', which prunes children and
+// removes choices from a node's domain (reduced-cost fixing).
+//
+// Search. Best-first over nodes (per-layer domain bit masks), branching on the layer whose
+// relaxed block is most fractional, one child per remaining choice. Incumbents come from the
+// warm start (greedy + 1-opt / 2-opt local search with perturbation restarts) and from
+// rounding every node's relaxed point followed by a repair and 1-opt.
+#include <Eigen/Dense>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <queue>
+#include <vector>
+
+#include "lowbit/check.h"
+#include "lowbit/iqp.h"
+#include "lowbit/parallel.h"
+
+namespace lowbit {
+
+const char* iqp_status_name(IQPStatus s) {
+  switch (s) {
+    case IQPStatus::kOptimal: return "optimal";
+    case IQPStatus::kTimeLimit: return "time_limit";
+    case IQPStatus::kNodeLimit: return "node_limit";
+    case IQPStatus::kInfeasible: return "infeasible";
+  }
+  return "unknown";
+}
+
+void check_iqp_problem(const IQPProblem& p) {
+  LOWBIT_CHECK(p.L >= 1, "the problem needs at least one layer, got L = " << p.L);
+  LOWBIT_CHECK(p.sizes != nullptr, "sizes is missing");
+  int64_t n = 0;
+  for (int64_t l = 0; l < p.L; ++l) {
+    LOWBIT_CHECK(p.sizes[l] >= 1 && p.sizes[l] <= kIQPMaxChoices,
+                 "sizes[" << l << "] must be in [1, " << kIQPMaxChoices << "], got " << p.sizes[l]);
+    n += p.sizes[l];
+  }
+  LOWBIT_CHECK(p.G.data != nullptr && p.G.rows == n && p.G.cols == n,
+               "G must have shape (" << n << ", " << n << ") (n = sum(sizes)), got (" << p.G.rows << ", "
+                                     << p.G.cols << ")");
+  LOWBIT_CHECK(p.A.rows >= 0, "A must have a non-negative row count");
+  if (p.A.rows > 0) {
+    LOWBIT_CHECK(p.A.data != nullptr && p.A.cols == n,
+                 "A must have shape (m, " << n << "), got (" << p.A.rows << ", " << p.A.cols << ")");
+    LOWBIT_CHECK(p.b != nullptr, "b is missing for " << p.A.rows << " budget rows");
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      LOWBIT_CHECK(std::isfinite(p.G(i, j)), "G[" << i << ", " << j << "] is not finite");
+  for (int64_t r = 0; r < p.A.rows; ++r) {
+    LOWBIT_CHECK(std::isfinite(p.b[r]), "b[" << r << "] is not finite");
+    for (int64_t j = 0; j < n; ++j)
+      LOWBIT_CHECK(std::isfinite(p.A(r, j)), "A[" << r << ", " << j << "] is not finite");
+  }
+}
+
+double iqp_objective(const IQPProblem& p, const int32_t* choice) {
+  check_iqp_problem(p);
+  std::vector<int64_t> idx(p.L);
+  int64_t start = 0;
+  for (int64_t l = 0; l < p.L; ++l) {
+    LOWBIT_CHECK(choice[l] >= 0 && choice[l] < p.sizes[l],
+                 "choice[" << l << "] must be in [0, " << p.sizes[l] << "), got " << choice[l]);
+    idx[l] = start + choice[l];
+    start += p.sizes[l];
+  }
+  double obj = 0;
+  for (int64_t l = 0; l < p.L; ++l) {
+    const int64_t i = idx[l];
+    double add = double(p.G(i, i));
+    for (int64_t k = 0; k < l; ++k) add += double(p.G(i, idx[k])) + double(p.G(idx[k], i));
+    obj += add;
+  }
+  return obj;
+}
+
+double project_psd(ConstMatrixView<float> G, MatrixView<float> out) {
+  LOWBIT_CHECK(G.rows == G.cols, "G must be square, got (" << G.rows << ", " << G.cols << ")");
+  LOWBIT_CHECK(out.rows == G.rows && out.cols == G.cols, "out must have G's shape");
+  const int64_t n = G.rows;
+  Eigen::MatrixXd S(n, n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      LOWBIT_CHECK(std::isfinite(G(i, j)), "G[" << i << ", " << j << "] is not finite");
+      S(i, j) = 0.5 * (double(G(i, j)) + double(G(j, i)));
+    }
+  if (n == 0) return 0.0;
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(S);
+  LOWBIT_CHECK(es.info() == Eigen::Success, "eigendecomposition of G failed");
+  Eigen::VectorXd lam = es.eigenvalues();
+  double mass = 0;
+  for (int64_t k = 0; k < n; ++k)
+    if (lam(k) < 0) {
+      mass += -lam(k);
+      lam(k) = 0;
+    }
+  const Eigen::MatrixXd& V = es.eigenvectors();
+  Eigen::MatrixXd P = V * lam.asDiagonal() * V.transpose();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) out(i, j) = float(0.5 * (P(i, j) + P(j, i)));
+  return mass;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be pruned is solved to
+
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+struct Deadline {
+  Clock::time_point end;
+  bool passed() const { return Clock::now() >= end; }
+};
+
+// The problem in double, with the derived quantities every part of the solver shares.
+struct Data {
+  int64_t L = 0, n = 0, m = 0;
+  std::vector<int64_t> start;   // (L + 1,)
+  std::vector<int32_t> layer;   // (n,) layer of each variable
+  std::vector<double> W;        // (n, n) Gs without the within-layer blocks
+  std::vector<double> d;        // (n,) diag(Gs)
+  std::vector<double> A;        // (m, n)
+  std::vector<double> b;        // (m,) including the relative slack of iqp.h
+  std::vector<double> rscale;   // (m,) sum_l max_s |A(r, ls)|: the size of a row's costs
+  double gmax = 0;              // max |Gs|
+  double eps = 0;               // smallest objective change a move must make
+
+  explicit Data(const IQPProblem& p) : L(p.L), m(p.A.rows) {
+    start.assign(L + 1, 0);
+    for (int64_t l = 0; l < L; ++l) start[l + 1] = start[l] + p.sizes[l];
+    n = start[L];
+    layer.resize(n);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t i = start[l]; i < start[l + 1]; ++i) layer[i] = int32_t(l);
+    W.assign(n * n, 0.0);
+    d.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        const double g = 0.5 * (double(p.G(i, j)) + double(p.G(j, i)));
+        gmax = std::max(gmax, std::fabs(g));
+        if (layer[i] != layer[j]) W[i * n + j] = g;
+      }
+      d[i] = double(p.G(i, i));
+    }
+    A.resize(m * n);
+    b.resize(m);
+    rscale.resize(m);
+    for (int64_t r = 0; r < m; ++r) {
+      double s = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        double mx = 0;
+        for (int64_t i = start[l]; i < start[l + 1]; ++i) mx = std::max(mx, std::fabs(double(p.A(r, i))));
+        s += mx;
+      }
+      for (int64_t i = 0; i < n; ++i) A[r * n + i] = double(p.A(r, i));
+      b[r] = double(p.b[r]) + 1e-9 * s;
+      rscale[r] = s > 0 ? s : 1.0;
+    }
+    eps = 1e-13 * std::max(gmax, 1e-300) * double(L);
+  }
+  int64_t size(int64_t l) const { return start[l + 1] - start[l]; }
+};
+
+// ---------------------------------------------------------------------------------------
+// Local search over configurations. h_i = sum_l W(i, chosen_l) makes a move O(1) to price
+// and O(n) to apply.
+
+struct Search {
+  const Data& D;
+  std::vector<int32_t> c;
+  std::vector<double> h, cost;
+  double obj = 0;
+
+  explicit Search(const Data& D_) : D(D_), c(D_.L, 0), h(D_.n, 0.0), cost(D_.m, 0.0) {}
+
+  int64_t idx(int64_t l) const { return D.start[l] + c[l]; }
+
+  void assign(const int32_t* choice) {
+    c.assign(choice, choice + D.L);
+    std::fill(h.begin(), h.end(), 0.0);
+    std::fill(cost.begin(), cost.end(), 0.0);
+    obj = 0;
+    for (int64_t l = 0; l < D.L; ++l) {
+      const int64_t i = idx(l);
+      const double* w = &D.W[i * D.n];
+      for (int64_t k = 0; k < D.n; ++k) h[k] += w[k];
+      for (int64_t r = 0; r < D.m; ++r) cost[r] += D.A[r * D.n + i];
+    }
+    for (int64_t l = 0; l < D.L; ++l) obj += D.d[idx(l)] + h[idx(l)];
+  }
+
+  double delta(int64_t l, int64_t t) const {
+    const int64_t i = idx(l), j = D.start[l] + t;
+    return D.d[j] - D.d[i] + 2.0 * (h[j] - h[i]);
+  }
+  // Change of the objective when layer l goes to t and layer k (!= l) to v together.
+  double delta2(int64_t l, int64_t t, int64_t k, int64_t v) const {
+    const int64_t i = idx(l), j = D.start[l] + t, a = idx(k), bb = D.start[k] + v;
+    const double* wj = &D.W[j * D.n];
+    const double* wi = &D.W[i * D.n];
+    return delta(l, t) + delta(k, v) + 2.0 * (wj[bb] - wj[a] - wi[bb] + wi[a]);
+  }
+  bool fits(int64_t l, int64_t t) const {
+    const int64_t i = idx(l), j = D.start[l] + t;
+    for (int64_t r = 0; r < D.m; ++r)
+      if (cost[r] - D.A[r * D.n + i] + D.A[r * D.n + j] > D.b[r]) return false;
+    return true;
+  }
+  bool fits2(int64_t l, int64_t t, int64_t k, int64_t v) const {
+    const int64_t i = idx(l), j = D.start[l] + t, a = idx(k), bb = D.start[k] + v;
+    for (int64_t r = 0; r < D.m; ++r) {
+      const double* A = &D.A[r * D.n];
+      if (cost[r] - A[i] + A[j] - A[a] + A[bb] > D.b[r]) return false;
+    }
+    return true;
+  }
+  void move(int64_t l, int64_t t) {
+    const int64_t i = idx(l), j = D.start[l] + t;
+    obj += delta(l, t);
+    const double* wj = &D.W[j * D.n];
+    const double* wi = &D.W[i * D.n];
+    for (int64_t k = 0; k < D.n; ++k) h[k] += wj[k] - wi[k];
+    for (int64_t r = 0; r < D.m; ++r) cost[r] += D.A[r * D.n + j] - D.A[r * D.n + i];
+    c[l] = int32_t(t);
+  }
+  double violation_of(const double* cst) const {
+    double v = 0;
+    for (int64_t r = 0; r < D.m; ++r) v += std::max(0.0, cst[r] - D.b[r]) / D.rscale[r];
+    return v;
+  }
+  double violation() const { return violation_of(cost.data()); }
+  bool feasible() const {
+    for (int64_t r = 0; r < D.m; ++r)
+      if (cost[r] > D.b[r]) return false;
+    return true;
+  }
+  double violation_after(int64_t l, int64_t t) const {
+    const int64_t i = idx(l), j = D.start[l] + t;
+    double v = 0;
+    for (int64_t r = 0; r < D.m; ++r)
+      v += std::max(0.0, cost[r] - D.A[r * D.n + i] + D.A[r * D.n + j] - D.b[r]) / D.rscale[r];
+    return v;
+  }
+  double norm_cost_change(int64_t l, int64_t t) const {
+    const int64_t i = idx(l), j = D.start[l] + t;
+    double s = 0;
+    for (int64_t r = 0; r < D.m; ++r) s += (D.A[r * D.n + j] - D.A[r * D.n + i]) / D.rscale[r];
+    return s;
+  }
+
+  // Greedy towards feasibility: the move with the least objective increase per unit of
+  // violation removed. Returns whether the configuration is feasible at the end.
+  bool repair() {
+    for (int64_t guard = 0; guard < 4 * D.L * 32 && !feasible(); ++guard) {
+      const double v0 = violation();
+      double best_key = kInf;
+      int64_t bl = -1, bt = -1;
+      for (int64_t l = 0; l < D.L; ++l)
+        for (int64_t t = 0; t < D.size(l); ++t) {
+          if (t == c[l]) continue;
+          const double red = v0 - violation_after(l, t);
+          if (red <= 0) continue;
+          const double key = delta(l, t) / red;
+          if (key < best_key) {
+            best_key = key;
+            bl = l;
+            bt = t;
+          }
+        }
+      if (bl < 0) return false;
+      move(bl, bt);
+    }
+    return feasible();
+  }
+
+  // From a feasible configuration: take improving feasible moves, best ratio of objective
+  // decrease to budget use first (improving moves that free budget rank first).
+  void upgrade(const Deadline& dl) {
+    while (!dl.passed()) {
+      // Tier 0: improving moves that use no budget (by gain); tier 1: gain per budget used.
+      int best_tier = 2;
+      double best_key = kInf;
+      int64_t bl = -1, bt = -1;
+      for (int64_t l = 0; l < D.L; ++l)
+        for (int64_t t = 0; t < D.size(l); ++t) {
+          if (t == c[l]) continue;
+          const double dlt = delta(l, t);
+          if (dlt >= -D.eps || !fits(l, t)) continue;
+          const double dc = norm_cost_change(l, t);
+          const int tier = dc <= 0 ? 0 : 1;
+          const double key = tier == 0 ? dlt : dlt / dc;
+          if (tier < best_tier || (tier == best_tier && key < best_key)) {
+            best_tier = tier;
+            best_key = key;
+            bl = l;
+            bt = t;
+          }
+        }
+      if (bl < 0) return;
+      move(bl, bt);
+    }
+  }
+
+  // Best-improvement 1-opt sweeps until no feasible improving move is left.
+  void one_opt(const Deadline& dl) {
+    bool improved = true;
+    while (improved && !dl.passed()) {
+      improved = false;
+      for (int64_t l = 0; l < D.L; ++l) {
+        double best = -D.eps;
+        int64_t bt = -1;
+        for (int64_t t = 0; t < D.size(l); ++t) {
+          if (t == c[l]) continue;
+          const double dlt = delta(l, t);
+          if (dlt < best && fits(l, t)) {
+            best = dlt;
+            bt = t;
+          }
+        }
+        if (bt >= 0) {
+          move(l, bt);
+          improved = true;
+        }
+      }
+    }
+  }
+
+  // One best-improvement pass over all pairs of layers; applies the best pair move.
+  bool two_opt() {
+    double best = -D.eps;
+    int64_t bl = -1, bt = -1, bk = -1, bv = -1;
+    for (int64_t l = 0; l < D.L; ++l)
+      for (int64_t t = 0; t < D.size(l); ++t) {
+        if (t == c[l]) continue;
+        for (int64_t k = l + 1; k < D.L; ++k)
+          for (int64_t v = 0; v < D.size(k); ++v) {
+            if (v == c[k]) continue;
+            const double dlt = delta2(l, t, k, v);
+            if (dlt < best && fits2(l, t, k, v)) {
+              best = dlt;
+              bl = l;
+              bt = t;
+              bk = k;
+              bv = v;
+            }
+          }
+      }
+    if (bl < 0) return false;
+    move(bl, bt);
+    move(bk, bv);
+    return true;
+  }
+
+  void local_search(const Deadline& dl, bool pairs) {
+    for (;;) {
+      one_opt(dl);
+      if (!pairs || dl.passed() || !two_opt()) break;
+    }
+    assign(c.data());  // exact objective again after the incremental updates
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// The node relaxation.
+
+// The convexified objective f(x) = x^T Q x + c^T x: Q = W + B with B block diagonal (the
+// within-layer blocks, free on one-hot points) and c = d - diag(B).
+struct Shift {
+  std::vector<double> Q;  // (n, n)
+  std::vector<double> c;  // (n,)
+  double lip = 0;         // Lipschitz constant of grad f on the tangent space (Euclidean)
+  std::vector<double> m;  // (n,) block-constant metric with 2Q <= diag(m) on T: the step is 1/m
+  const char* kind = "";
+};
+
+// Euclidean projection of v (k entries) onto the unit simplex, in place.
+void project_simplex(double* v, int64_t k, double* scratch) {
+  if (k == 1) {
+    v[0] = 1.0;
+    return;
+  }
+  std::memcpy(scratch, v, sizeof(double) * k);
+  std::sort(scratch, scratch + k, [](double a, double b) { return a > b; });
+  double cum = 0, tau = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    cum += scratch[i];
+    const double t = (cum - 1.0) / double(i + 1);
+    if (i + 1 == k || scratch[i + 1] <= t) {
+      tau = t;
+      break;
+    }
+  }
+  for (int64_t i = 0; i < k; ++i) v[i] = std::max(v[i] - tau, 0.0);
+}
+
+struct NodeResult {
+  bool infeasible = false;  // the node's polytope is empty (by a budget row)
+  bool pruned = false;      // lb >= cutoff
+  double lb = -kInf;
+  std::vector<double> x;    // (nf,) last relaxed point (free variables)
+  std::vector<double> rc;   // (nf,) reduced costs at the best bound
+};
+
+class Relaxation {
+ public:
+  Relaxation(const Data& D, const Shift& S) : D_(D), S_(S) {}
+
+  // Domain masks (L,), a warm point in full coordinates (n,) or nullptr, the pruning cutoff.
+  NodeResult solve(const std::vector<uint32_t>& mask, const double* warm, double cutoff, double tol_scale,
+                   int max_iter, const Deadline& dl) {
+    NodeResult res;
+    setup(mask);
+    // Fixed part and remaining budget.
+    for (int64_t r = 0; r < D_.m; ++r) {
+      double rem = D_.b[r];
+      for (int64_t f : fixed_) rem -= D_.A[r * D_.n + f];
+      double need = 0;
+      for (size_t bl = 0; bl < blocks_.size(); ++bl) {
+        double mn = kInf;
+        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) mn = std::min(mn, Af_[r * nf_ + j]);
+        need += mn;
+      }
+      bres_[r] = rem;
+      if (need > rem) {
+        res.infeasible = true;
+        res.lb = kInf;
+        return res;
+      }
+    }
+    if (nf_ == 0) {
+      res.lb = const_;
+      return res;
+    }
+    // Starting point.
+    x_.assign(nf_, 0.0);
+    for (int64_t j = 0; j < nf_; ++j) x_[j] = warm ? warm[vars_[j]] : 1.0;
+    mu_proj_.assign(D_.m, 0.0);
+    project(x_.data());
+
+    std::vector<double>& y = y_;
+    y = x_;
+    double t = 1.0;
+    double best_lb = -kInf;
+    mu_lp_.assign(D_.m, 0.0);
+    double last_lb = -kInf;
+    int stall = 0;
+    const int check_every = 4;
+    for (int it = 0;; ++it) {
+      if (it % check_every == 0 || it >= max_iter) {
+        // f and grad at x, the bound there.
+        matvec(x_.data(), gx_.data());
+        double fx = const_;
+        for (int64_t j = 0; j < nf_; ++j) {
+          fx += x_[j] * (gx_[j] + 2.0 * qf_[j] + cf_[j]);
+          gx_[j] = 2.0 * (gx_[j] + qf_[j]) + cf_[j];
+        }
+        const double lb = bound(x_.data(), fx, gx_.data());
+        if (lb > best_lb) {
+          best_lb = lb;
+          best_g_ = gx_;
+          best_mu_ = mu_lp_;
+        }
+        if (best_lb >= cutoff) {
+          res.pruned = true;
+          break;
+        }
+        const double tol = 1e-9 * std::max({std::fabs(fx), std::fabs(best_lb), tol_scale});
+        const double gap = fx - best_lb;
+        if (gap <= tol || it >= max_iter || dl.passed()) break;
+        // The node cannot be pruned (a feasible relaxed point lies below the cutoff) and the
+        // bound is already tight relative to the distance to the cutoff: branch now.
+        if (std::isfinite(cutoff) && fx < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;
+        if (!std::isfinite(cutoff) && gap <= 1e-6 * std::max(std::fabs(fx), tol_scale)) break;
+        if (best_lb <= last_lb + 1e-12 * std::max(std::fabs(best_lb), tol_scale)) {
+          if (++stall >= 25) break;
+        } else {
+          stall = 0;
+        }
+        last_lb = std::max(last_lb, best_lb);
+      }
+      // FISTA step from y with gradient-based adaptive restart.
+      matvec(y.data(), gy_.data());
+      for (int64_t j = 0; j < nf_; ++j) xn_[j] = y[j] - (2.0 * (gy_[j] + qf_[j]) + cf_[j]) / mf_[j];
+      project(xn_.data());
+      double dir = 0;
+      for (int64_t j = 0; j < nf_; ++j) dir += mf_[j] * (y[j] - xn_[j]) * (xn_[j] - x_[j]);
+      if (dir > 0) {
+        t = 1.0;
+        y = xn_;
+      } else {
+        const double tn = 0.5 * (1.0 + std::sqrt(1.0 + 4.0 * t * t));
+        const double beta = (t - 1.0) / tn;
+        for (int64_t j = 0; j < nf_; ++j) y[j] = xn_[j] + beta * (xn_[j] - x_[j]);
+        t = tn;
+      }
+      std::swap(x_, xn_);
+    }
+    res.lb = best_lb;
+    res.x = x_;
+    // Reduced costs at the best bound.
+    res.rc.assign(nf_, 0.0);
+    if (best_lb > -kInf) {
+      for (size_t bl = 0; bl < blocks_.size(); ++bl) {
+        double mn = kInf;
+        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) {
+          double v = best_g_[j];
+          for (int64_t r = 0; r < D_.m; ++r) v += best_mu_[r] * Af_[r * nf_ + j];
+          res.rc[j] = v;
+          mn = std::min(mn, v);
+        }
+        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) res.rc[j] -= mn;
+      }
+    }
+    return res;
+  }
+
+  // Layout of the last solve: free variables, and per free block its layer and range.
+  const std::vector<int64_t>& vars() const { return vars_; }
+  const std::vector<int64_t>& blocks() const { return blocks_; }
+  const std::vector<int64_t>& bstart() const { return bstart_; }
+  const std::vector<int64_t>& fixed() const { return fixed_; }
+
+ private:
+  void setup(const std::vector<uint32_t>& mask) {
+    vars_.clear();
+    blocks_.clear();
+    bstart_.assign(1, 0);
+    fixed_.clear();
+    for (int64_t l = 0; l < D_.L; ++l) {
+      const uint32_t mk = mask[l];
+      if ((mk & (mk - 1)) == 0) {
+        int64_t s = 0;
+        while (!((mk >> s) & 1u)) ++s;
+        fixed_.push_back(D_.start[l] + s);
+        continue;
+      }
+      for (int64_t s = 0; s < D_.size(l); ++s)
+        if ((mk >> s) & 1u) vars_.push_back(D_.start[l] + s);
+      blocks_.push_back(l);
+      bstart_.push_back(int64_t(vars_.size()));
+    }
+    nf_ = int64_t(vars_.size());
+    const int64_t n = D_.n;
+    Qf_.resize(nf_ * nf_);
+    for (int64_t a = 0; a < nf_; ++a) {
+      const double* q = &S_.Q[vars_[a] * n];
+      for (int64_t bb = 0; bb < nf_; ++bb) Qf_[a * nf_ + bb] = q[vars_[bb]];
+    }
+    qf_.assign(nf_, 0.0);
+    cf_.resize(nf_);
+    for (int64_t a = 0; a < nf_; ++a) {
+      const double* w = &D_.W[vars_[a] * n];
+      double s = 0;
+      for (int64_t f : fixed_) s += w[f];
+      qf_[a] = s;
+      cf_[a] = S_.c[vars_[a]];
+    }
+    const_ = 0;
+    for (int64_t f : fixed_) {
+      const_ += D_.d[f];
+      for (int64_t g : fixed_) const_ += D_.W[f * n + g];
+    }
+    mf_.resize(nf_);
+    for (int64_t a = 0; a < nf_; ++a) mf_[a] = S_.m[vars_[a]];
+    if (!fixed_.empty()) tighten();
+    Af_.resize(D_.m * nf_);
+    for (int64_t r = 0; r < D_.m; ++r)
+      for (int64_t a = 0; a < nf_; ++a) Af_[r * nf_ + a] = D_.A[r * n + vars_[a]];
+    bres_.resize(D_.m);
+    gx_.resize(nf_);
+    gy_.resize(nf_);
+    xn_.resize(nf_);
+    z_.resize(nf_);
+    scratch_.resize(kIQPMaxChoices);
+  }
+
+  // The free part of Q usually has slack on its own tangent space: subtract the largest
+  // multiple t of diag(|d|) keeping it PSD there, moving it into the linear term. Exact on
+  // one-hot points; at fractional points the bound gains t * sum |d_i| (x_i - x_i^2).
+  void tighten() {
+    const int64_t nb = int64_t(blocks_.size()), nt = nf_ - nb;
+    if (nt <= 0) return;
+    Eigen::MatrixXd Z = Eigen::MatrixXd::Zero(nf_, nt);
+    int64_t col = 0;
+    for (int64_t bl = 0; bl < nb; ++bl) {
+      const int64_t s0 = bstart_[bl], k = bstart_[bl + 1] - s0;
+      for (int64_t j = 1; j < k; ++j, ++col) {
+        const double a = 1.0 / std::sqrt(double(j) * double(j + 1));
+        for (int64_t i = 0; i < j; ++i) Z(s0 + i, col) = a;
+        Z(s0 + j, col) = -double(j) * a;
+      }
+    }
+    Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Qm(Qf_.data(), nf_, nf_);
+    Eigen::MatrixXd M = Z.transpose() * Qm * Z;
+    M = 0.5 * (M + M.transpose());
+    Eigen::VectorXd w(nf_);
+    double wmax = 0;
+    for (int64_t a = 0; a < nf_; ++a) wmax = std::max(wmax, std::fabs(D_.d[vars_[a]]));
+    for (int64_t a = 0; a < nf_; ++a) w(a) = std::max(std::fabs(D_.d[vars_[a]]), 1e-9 * wmax + 1e-300);
+    Eigen::MatrixXd N = Z.transpose() * w.asDiagonal() * Z;
+    N = 0.5 * (N + N.transpose());
+    Eigen::GeneralizedSelfAdjointEigenSolver<Eigen::MatrixXd> ge(M, N, Eigen::EigenvaluesOnly);
+    if (ge.info() != Eigen::Success) return;
+    const double lmin = ge.eigenvalues()(0);
+    if (!(lmin > 0)) return;
+    const double t = lmin * (1 - 1e-6);
+    for (int64_t a = 0; a < nf_; ++a) {
+      Qf_[a * nf_ + a] -= t * w(a);
+      cf_[a] += t * w(a);
+    }
+  }
+
+  void matvec(const double* x, double* out) const {
+    for (int64_t a = 0; a < nf_; ++a) {
+      const double* q = &Qf_[a * nf_];
+      double s = 0;
+      for (int64_t bb = 0; bb < nf_; ++bb) s += q[bb] * x[bb];
+      out[a] = s;
+    }
+  }
+
+  void project_blocks(const double* y, const double* mu, double* out) {
+    for (int64_t j = 0; j < nf_; ++j) {
+      double v = y[j];
+      for (int64_t r = 0; r < D_.m; ++r) v -= mu[r] * Af_[r * nf_ + j] / mf_[j];
+      out[j] = v;
+    }
+    for (size_t bl = 0; bl < blocks_.size(); ++bl)
+      project_simplex(out + bstart_[bl], bstart_[bl + 1] - bstart_[bl], scratch_.data());
+  }
+
+  double row_use(int64_t r, const double* x) const {
+    double s = 0;
+    for (int64_t j = 0; j < nf_; ++j) s += Af_[r * nf_ + j] * x[j];
+    return s;
+  }
+
+  // Projection onto the simplex product intersected with the budget rows: the dual variable
+  // of each row by a safeguarded secant search (exact for one row, cyclic for several).
+  void project(double* y) {
+    z_.assign(y, y + nf_);
+    if (D_.m == 0) {
+      project_blocks(z_.data(), mu_proj_.data(), y);
+      return;
+    }
+    const int cycles = D_.m == 1 ? 1 : 6;
+    for (int cyc = 0; cyc < cycles; ++cyc) {
+      for (int64_t r = 0; r < D_.m; ++r) {
+        auto excess = [&](double mu_r) {
+          mu_proj_[r] = mu_r;
+          project_blocks(z_.data(), mu_proj_.data(), y);
+          return row_use(r, y) - bres_[r];
+        };
+        const double tol = 1e-12 * D_.rscale[r];
+        double e0 = excess(0.0);
+        if (e0 <= tol) continue;  // mu_r = 0 is optimal
+        double lo = 0.0, elo = e0;
+        double hi = std::max(mu_proj_[r], 1e-300);
+        double ehi = excess(hi);
+        if (ehi > tol) {
+          hi = std::max(hi, 1e-12);
+          for (int k = 0; k < 500 && (ehi = excess(hi)) > tol; ++k) {
+            lo = hi;
+            elo = ehi;
+            hi *= 4.0;
+          }
+        }
+        if (ehi > tol) continue;  // cannot be met (rounding); keep the last point
+        // Illinois regula falsi on the monotone piecewise-linear excess.
+        int side = 0;
+        double mu = hi;
+        for (int k = 0; k < 100; ++k) {
+          if (elo - ehi <= 0) break;
+          mu = hi - ehi * (hi - lo) / (ehi - elo);
+          if (!(mu > lo && mu < hi)) mu = 0.5 * (lo + hi);
+          const double e = excess(mu);
+          if (std::fabs(e) <= tol || hi - lo <= 1e-15 * hi) {
+            break;
+          }
+          if (e > 0) {
+            lo = mu;
+            elo = e;
+            if (side == -1) ehi *= 0.5;
+            side = -1;
+          } else {
+            hi = mu;
+            ehi = e;
+            if (side == 1) elo *= 0.5;
+            side = 1;
+          }
+        }
+        if (excess(mu) > tol) excess(hi);  // end on the feasible side
+      }
+    }
+  }
+
+  // f(x) - g^T x + max over mu >= 0 of [sum_l min_s (g + A^T mu)_ls - mu^T b]; any mu is a
+  // valid bound, mu is maximised row by row (exactly for one row).
+  double bound(const double* x, double fx, const double* g) {
+    double lin = fx;
+    for (int64_t j = 0; j < nf_; ++j) lin -= g[j] * x[j];
+    auto phi = [&](const std::vector<double>& mu, int64_t r, double* slope) {
+      double val = 0, sl = 0;
+      for (size_t bl = 0; bl < blocks_.size(); ++bl) {
+        double mn = kInf;
+        int64_t arg = bstart_[bl];
+        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) {
+          double v = g[j];
+          for (int64_t q = 0; q < D_.m; ++q) v += mu[q] * Af_[q * nf_ + j];
+          if (v < mn) {
+            mn = v;
+            arg = j;
+          }
+        }
+        val += mn;
+        if (r >= 0) sl += Af_[r * nf_ + arg];
+      }
+      for (int64_t q = 0; q < D_.m; ++q) val -= mu[q] * bres_[q];
+      if (r >= 0) *slope = sl - bres_[r];
+      return val;
+    };
+    if (D_.m == 0) return lin + phi(mu_lp_, -1, nullptr);
+    std::vector<double>& mu = mu_lp_;
+    double best = phi(mu, -1, nullptr);
+    const int cycles = D_.m == 1 ? 1 : 8;
+    for (int cyc = 0; cyc < cycles; ++cyc) {
+      const double before = best;
+      for (int64_t r = 0; r < D_.m; ++r) {
+        // phi is concave in mu_r; its slope (row use of the minimiser minus budget) falls.
+        double slope;
+        const double keep = mu[r];
+        mu[r] = 0;
+        double v0 = phi(mu, r, &slope);
+        double lo = 0, hi;
+        if (slope <= 0) {
+          hi = 0;
+        } else {
+          hi = std::max(keep, 1e-300);
+          double sh;
+          mu[r] = hi;
+          phi(mu, r, &sh);
+          if (sh > 0) hi = std::max(hi, 1e-12);
+          for (int k = 0; k < 500; ++k) {
+            mu[r] = hi;
+            phi(mu, r, &sh);
+            if (sh <= 0) break;
+            lo = hi;
+            hi *= 4.0;
+          }
+          for (int k = 0; k < 60 && hi - lo > 1e-15 * hi; ++k) {
+            mu[r] = 0.5 * (lo + hi);
+            phi(mu, r, &sh);
+            if (sh > 0)
+              lo = mu[r];
+            else
+              hi = mu[r];
+          }
+        }
+        // The maximum lies in [lo, hi]: take the better end (and the starting value).
+        double cand[3] = {lo, hi, keep};
+        double bv = v0;
+        double bm = 0;
+        for (double c : cand) {
+          mu[r] = c;
+          const double v = phi(mu, -1, nullptr);
+          if (v > bv) {
+            bv = v;
+            bm = c;
+          }
+        }
+        mu[r] = bm;
+        best = std::max(best, bv);
+      }
+      if (best <= before + 1e-15 * std::fabs(best)) break;
+    }
+    // Recompute at the final mu (the best coordinate values); keep mu consistent.
+    return lin + phi(mu, -1, nullptr);
+  }
+
+  const Data& D_;
+  const Shift& S_;
+  std::vector<int64_t> vars_, blocks_, bstart_, fixed_;
+  int64_t nf_ = 0;
+  std::vector<double> Qf_, qf_, cf_, Af_, bres_, mf_;
+  double const_ = 0;
+  std::vector<double> x_, y_, xn_, z_, gx_, gy_, mu_proj_, mu_lp_, best_g_, best_mu_, scratch_;
+};
+
+// Candidate convexifications; the root keeps the one with the best bound.
+//  "uniform": B = t I, t the smallest making W + B PSD on the tangent space T;
+//  "scaled":  B = t diag(s), s the absolute row sums of W (Gershgorin: t <= 1);
+//  "completion": the within-layer off-diagonal entries filled by alternating projections
+//    between the PSD cone and the matrices that agree with Gs off those entries (a PSD
+//    completion when one exists, as for a Hessian form Dw^T H Dw; the linear term is then
+//    zero), then the remaining uniform shift.
+// Orthonormal basis (n, n - L) of the tangent space T of the simplex product.
+Eigen::MatrixXd tangent_basis(const Data& D) {
+  const int64_t n = D.n, nt = n - D.L;
+  Eigen::MatrixXd Z = Eigen::MatrixXd::Zero(n, nt);
+  int64_t col = 0;
+  for (int64_t l = 0; l < D.L; ++l) {
+    const int64_t k = D.size(l), s0 = D.start[l];
+    for (int64_t j = 1; j < k; ++j, ++col) {  // Helmert basis of {1}^perp in R^k
+      const double a = 1.0 / std::sqrt(double(j) * double(j + 1));
+      for (int64_t i = 0; i < j; ++i) Z(s0 + i, col) = a;
+      Z(s0 + j, col) = -double(j) * a;
+    }
+  }
+  return Z;
+}
+
+// The FISTA metric: m_i = 2 lambda sigma_l(i), sigma_l the largest |Q_ii| of layer l (block
+// constant, so the projection stays a per-block simplex projection) and lambda the largest
+// eigenvalue of diag(sigma)^-1/2 Q diag(sigma)^-1/2 on T (block-constant scaling maps T to T).
+void set_metric(const Data& D, const Eigen::MatrixXd& Z, Shift& s) {
+  const int64_t n = D.n;
+  std::vector<double> sig(n);
+  double qmax = 0;
+  for (int64_t i = 0; i < n; ++i) qmax = std::max(qmax, std::fabs(s.Q[i * n + i]));
+  for (int64_t l = 0; l < D.L; ++l) {
+    double mx = 1e-9 * qmax + 1e-300;
+    for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i) mx = std::max(mx, std::fabs(s.Q[i * n + i]));
+    for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i) sig[i] = mx;
+  }
+  s.m.assign(n, 1.0);
+  if (Z.cols() == 0) return;
+  Eigen::MatrixXd Qn(n, n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) Qn(i, j) = s.Q[i * n + j] / std::sqrt(sig[i] * sig[j]);
+  Eigen::MatrixXd M = Z.transpose() * Qn * Z;
+  M = 0.5 * (M + M.transpose());
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(M, Eigen::EigenvaluesOnly);
+  const double lam = es.info() == Eigen::Success ? es.eigenvalues()(M.rows() - 1) : 0.0;
+  if (!(lam > 0)) {  // degenerate: fall back to the Euclidean constant
+    for (int64_t i = 0; i < n; ++i) s.m[i] = s.lip;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) s.m[i] = 2.0 * lam * (1 + 1e-9) * sig[i];
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s);
+
+std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s) {
+  std::vector<Shift> out = candidate_shifts(D, dl, budget_s);
+  const Eigen::MatrixXd Z = tangent_basis(D);
+  for (auto& s : out) set_metric(D, Z, s);
+  return out;
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s) {
+  const auto t0 = Clock::now();
+  const int64_t n = D.n, L = D.L, nt = n - L;
+  std::vector<Shift> out;
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<const RowMat> Wm(D.W.data(), n, n);
+  auto make = [&](const Eigen::MatrixXd& B, const char* kind) {
+    Shift s;
+    s.kind = kind;
+    s.Q.resize(n * n);
+    s.c.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) s.Q[i * n + j] = D.W[i * n + j] + (D.layer[i] == D.layer[j] ? B(i, j) : 0.0);
+      s.c[i] = D.d[i] - B(i, i);
+    }
+    return s;
+  };
+  if (nt == 0) {
+    Shift s = make(Eigen::MatrixXd::Zero(n, n), "none");
+    s.lip = 1.0;
+    s.m.assign(n, 1.0);
+    out.push_back(std::move(s));
+    return out;
+  }
+  const Eigen::MatrixXd Z = tangent_basis(D);
+  // Uniform shift of W + B0 on T (B0 block diagonal): returns B0 + t I with its lip.
+  auto uniform = [&](const Eigen::MatrixXd& B0, const char* kind) {
+    Eigen::MatrixXd M = Z.transpose() * (Wm + B0) * Z;
+    M = 0.5 * (M + M.transpose());
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(M, Eigen::EigenvaluesOnly);
+    LOWBIT_CHECK(es.info() == Eigen::Success, "eigenvalues of the IQP matrix failed");
+    const double lmin = es.eigenvalues()(0), lmax = es.eigenvalues()(nt - 1);
+    const double mag = std::max({std::fabs(lmin), std::fabs(lmax), 1e-300});
+    const double t = lmin < 1e-12 * mag ? -lmin * (1 + 1e-9) + 1e-11 * mag : 0.0;
+    Eigen::MatrixXd B = B0;
+    B.diagonal().array() += t;
+    Shift s = make(B, kind);
+    s.lip = std::max(2.0 * (lmax + t), 1e-300);
+    return std::make_pair(std::move(s), lmin);
+  };
+  // Shift of W + B0 by t * diag(w), t from the generalized eigenproblem on T, then the
+  // uniform check on top (absorbs the rounding of the generalized eigenvalue).
+  auto scaled = [&](const Eigen::MatrixXd& B0, const std::vector<double>& w, const char* kind) {
+    Eigen::MatrixXd M = Z.transpose() * (Wm + B0) * Z;
+    M = 0.5 * (M + M.transpose());
+    const Eigen::VectorXd wv = Eigen::Map<const Eigen::VectorXd>(w.data(), n);
+    Eigen::MatrixXd N = Z.transpose() * wv.asDiagonal() * Z;
+    N = 0.5 * (N + N.transpose());
+    Eigen::GeneralizedSelfAdjointEigenSolver<Eigen::MatrixXd> ge(M, N, Eigen::EigenvaluesOnly);
+    Eigen::MatrixXd B = B0;
+    if (ge.info() == Eigen::Success && ge.eigenvalues()(0) < 0) {
+      const double t = -ge.eigenvalues()(0) * (1 + 1e-6);
+      for (int64_t i = 0; i < n; ++i) B(i, i) += t * w[i];
+    }
+    return uniform(B, kind).first;
+  };
+  const Eigen::MatrixXd B0 = Eigen::MatrixXd::Zero(n, n);
+  auto [su, lmin] = uniform(B0, "uniform");
+  out.push_back(std::move(su));
+  if (lmin >= 0) return out;  // W is already convex on T
+
+  {  // scaled by the row sums
+    std::vector<double> rs(n, 0.0);
+    double smax = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) rs[i] += std::fabs(D.W[i * n + j]);
+      smax = std::max(smax, rs[i]);
+    }
+    for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
+    out.push_back(scaled(B0, rs, "scaled"));
+  }
+  const double alphas[] = {0.0, 0.2, 0.4};
+  for (int ai = 0; ai < 3; ++ai) {
+    const double alpha = alphas[ai];
+    const double until = budget_s * double(ai + 1) / 3.0;  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
+     // change under diagonal scaling, and layers' loss scales span decades)
+    std::vector<double> sc(n), w2(n);
+    double dmax = 0;
+    for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
+    for (int64_t i = 0; i < n; ++i) {
+      w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
+      sc[i] = std::sqrt(w2[i]);
+    }
+    Eigen::MatrixXd X(n, n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? (1 - alpha) * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    for (int it = 0; it < 200; ++it) {
+      if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
+      if (es.info() != Eigen::Success) break;
+      const Eigen::VectorXd& lam = es.eigenvalues();
+      if (lam(0) >= -1e-7 * std::fabs(lam(n - 1))) break;  // PSD enough: the shift does the rest
+      const Eigen::MatrixXd& V = es.eigenvectors();
+      const Eigen::MatrixXd Y = V * lam.cwiseMax(0.0).asDiagonal() * V.transpose();
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t s0 = D.start[l], k = D.size(l);
+        for (int64_t i = s0; i < s0 + k; ++i)
+          for (int64_t j = s0; j < s0 + k; ++j)
+            if (i != j) X(i, j) = 0.5 * (Y(i, j) + Y(j, i));  // the diagonal stays diag(Gs)
+      }
+    }
+    Eigen::MatrixXd B = Eigen::MatrixXd::Zero(n, n);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t s0 = D.start[l], k = D.size(l);
+      for (int64_t i = s0; i < s0 + k; ++i)
+        for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = i == j ? (1 - alpha) * D.d[i] : X(i, j) * sc[i] * sc[j];
+    }
+    static const char* names[3][2] = {{"completion", "completion-scaled"}, {"completion-0.2", "completion-0.2-scaled"}, {"completion-0.4", "completion-0.4-scaled"}};
+    out.push_back(uniform(B, names[ai][0]).first);
+    out.push_back(scaled(B, w2, names[ai][1]));
+  }
+  return out;
+}
+
+struct Node {
+  std::vector<uint32_t> mask;
+  double lb;
+  int64_t id;
+  std::shared_ptr<const std::vector<double>> warm;  // (n,) the parent's relaxed point
+};
+struct NodeOrder {
+  bool operator()(const Node& a, const Node& b) const {
+    if (a.lb != b.lb) return a.lb > b.lb;  // smallest bound first
+    return a.id < b.id;                    // then the newest (dives)
+  }
+};
+
+
+// ---------------------------------------------------------------------------------------
+// Banded G (interactions only between layers at most w apart in order, w <= 2: CLADO's
+// pairs="neighbors" or a small window, and w = 0 for the diagonal-only search). Relaxing
+// the budget rows with multipliers lam >= 0 leaves a chain whose minimum is an exact dynamic
+// program over windows of w consecutive choices, so
+//     L(lam) = min_config [x^T Gs x + lam^T (A x - b)]
+// is a valid bound for every lam (the Lagrangian dual), maximised over lam by bisection on
+// its slope. Forward and backward values give, for every (layer, choice), the bound with
+// that choice forced (fixing and child bounds at once), and the minimisers on the two sides
+// of the optimal lam give a feasible configuration and the layers to branch on.
+
+struct Chain {
+  const Data& D;
+  int w;
+  std::vector<int64_t> lo, nst;            // per layer: first layer of its window, state count
+  std::vector<std::vector<int64_t>> stride;  // per layer: mixed-radix strides over the window
+  std::vector<double> cost;                // (n,) d + lam^T A of the current lam
+  std::vector<std::vector<double>> F, B;   // forward / backward values per layer and state
+  std::vector<std::vector<int32_t>> arg;   // forward argmin (predecessor's leading choice)
+
+  Chain(const Data& D_, int w_) : D(D_), w(w_) {
+    const int64_t L = D.L;
+    lo.resize(L);
+    nst.resize(L);
+    stride.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      lo[l] = std::max<int64_t>(0, l - std::max(w, 1) + 1);
+      if (w == 0) lo[l] = l;
+      int64_t k = 1;
+      stride[l].assign(l - lo[l] + 1, 0);
+      for (int64_t j = l; j >= lo[l]; --j) {  // the last layer varies fastest
+        stride[l][j - lo[l]] = k;
+        k *= D.size(j);
+      }
+      nst[l] = k;
+    }
+    F.resize(L);
+    B.resize(L);
+    arg.resize(L);
+    for (int64_t l = 0; l < L; ++l) {
+      F[l].resize(nst[l]);
+      B[l].resize(nst[l]);
+      arg[l].resize(nst[l]);
+    }
+    cost.resize(D.n);
+  }
+
+  int64_t digit(int64_t l, int64_t state, int64_t layer) const {
+    return (state / stride[l][layer - lo[l]]) % D.size(layer);
+  }
+  // Interaction of layer l's choice with the earlier layers inside its own window (state st).
+  double pair_cost(int64_t l, int64_t st) const {
+    if (w == 0) return 0.0;
+    const int64_t i = D.start[l] + digit(l, st, l);
+    double s = 0;
+    for (int64_t k = lo[l]; k < l; ++k) s += 2.0 * D.W[i * D.n + D.start[k] + digit(l, st, k)];
+    return s;
+  }
+  bool allowed(const std::vector<uint32_t>& mask, int64_t l, int64_t st) const {
+    for (int64_t k = lo[l]; k <= l; ++k)
+      if (!((mask[k] >> digit(l, st, k)) & 1u)) return false;
+    return true;
+  }
+
+  // Forward and backward passes for the current cost; returns min over configurations.
+  // F[l][st]: best cost of layers <= l (their pairs included) ending in window state st.
+  // B[l][st]: best cost of layers > l and of every pair touching them, given st.
+  double run(const std::vector<uint32_t>& mask) {
+    const int64_t L = D.L, n = D.n;
+    for (int64_t l = 0; l < L; ++l) {
+      const bool drops = l > 0 && lo[l - 1] < lo[l];  // layer lo[l-1] leaves the window
+      const bool far = drops && w >= 1;                // ... and interacts with l (distance w)
+      const int64_t kd = drops ? D.size(lo[l - 1]) : 1;
+      for (int64_t st = 0; st < nst[l]; ++st) {
+        if (!allowed(mask, l, st)) {
+          F[l][st] = kInf;
+          continue;
+        }
+        const int64_t i = D.start[l] + digit(l, st, l);
+        const double add = cost[i] + pair_cost(l, st);
+        if (l == 0) {
+          F[l][st] = add;
+          continue;
+        }
+        int64_t base = 0;
+        for (int64_t k = lo[l]; k < l; ++k) base += digit(l, st, k) * stride[l - 1][k - lo[l - 1]];
+        double best = kInf;
+        int32_t ba = -1;
+        for (int64_t c = 0; c < kd; ++c) {
+          const int64_t ps = base + (drops ? c * stride[l - 1][0] : 0);
+          double v = F[l - 1][ps];
+          if (far) v += 2.0 * D.W[i * n + D.start[lo[l - 1]] + c];
+          if (v < best) {
+            best = v;
+            ba = int32_t(ps);
+          }
+        }
+        F[l][st] = best + add;
+        arg[l][st] = ba;
+      }
+    }
+    for (int64_t l = L - 1; l >= 0; --l) {
+      for (int64_t st = 0; st < nst[l]; ++st) {
+        if (l == L - 1) {
+          B[l][st] = 0;
+          continue;
+        }
+        int64_t base = 0;
+        for (int64_t k = lo[l + 1]; k <= l; ++k) base += digit(l, st, k) * stride[l + 1][k - lo[l + 1]];
+        double best = kInf;
+        for (int64_t c = 0; c < D.size(l + 1); ++c) {
+          const int64_t ns = base + c;  // layer l+1 is the last digit (stride 1)
+          if (!allowed(mask, l + 1, ns)) continue;
+          const int64_t j = D.start[l + 1] + c;
+          double v = cost[j] + B[l + 1][ns];
+          if (w >= 1)  // pairs of l+1 with layers max(0, l+1-w)..l, all in this state's window
+            for (int64_t k = std::max<int64_t>(0, l + 1 - w); k <= l; ++k)
+              v += 2.0 * D.W[j * n + D.start[k] + digit(l, st, k)];
+          best = std::min(best, v);
+        }
+        B[l][st] = best;
+      }
+    }
+    double mn = kInf;
+    for (int64_t st = 0; st < nst[L - 1]; ++st) mn = std::min(mn, F[L - 1][st]);
+    return mn;
+  }
+
+  void argmin(std::vector<int32_t>& c) const {
+    const int64_t L = D.L;
+    int64_t st = 0;
+    double mn = kInf;
+    for (int64_t s = 0; s < nst[L - 1]; ++s)
+      if (F[L - 1][s] < mn) {
+        mn = F[L - 1][s];
+        st = s;
+      }
+    for (int64_t l = L - 1; l >= 0; --l) {
+      c[l] = int32_t(digit(l, st, l));
+      if (l > 0) st = arg[l][st];
+    }
+  }
+
+  // Per variable: the minimum over configurations with that choice forced (current cost).
+  void forced(std::vector<double>& out) const {
+    out.assign(D.n, kInf);
+    for (int64_t l = 0; l < D.L; ++l)
+      for (int64_t st = 0; st < nst[l]; ++st) {
+        const double v = F[l][st] + B[l][st];
+        const int64_t i = D.start[l] + digit(l, st, l);
+        out[i] = std::min(out[i], v);
+      }
+  }
+
+  void set_lambda(const std::vector<double>& lam) {
+    for (int64_t i = 0; i < D.n; ++i) {
+      double c = D.d[i];
+      for (int64_t r = 0; r < D.m; ++r) c += lam[r] * D.A[r * D.n + i];
+      cost[i] = c;
+    }
+  }
+  double lam_b(const std::vector<double>& lam) const {
+    double s = 0;
+    for (int64_t r = 0; r < D.m; ++r) s += lam[r] * D.b[r];
+    return s;
+  }
+  double use(int64_t r, const std::vector<int32_t>& c) const {
+    double s = 0;
+    for (int64_t l = 0; l < D.L; ++l) s += D.A[r * D.n + D.start[l] + c[l]];
+    return s;
+  }
+
+  struct Bound {
+    double lb = -kInf;
+    bool infeasible = false;
+    std::vector<double> lam;
+    std::vector<int32_t> below, above;  // minimisers just below / above the optimal lam
+    std::vector<double> forced;         // per variable, at lam
+  };
+
+  // max over lam >= 0 of L(lam) on the masked problem (coordinate bisection per row).
+  Bound dual(const std::vector<uint32_t>& mask, std::vector<double> lam) {
+    Bound bd;
+    const int64_t L = D.L;
+    std::vector<int32_t> c(L);
+    auto value = [&](const std::vector<double>& lm) {
+      set_lambda(lm);
+      return run(mask) - lam_b(lm);
+    };
+    lam.resize(D.m, 0.0);
+    double best = value(lam);
+    if (!std::isfinite(best)) {
+      bd.infeasible = true;
+      bd.lb = kInf;
+      return bd;
+    }
+    bd.above.assign(L, 0);
+    bd.below.assign(L, 0);
+    const int cycles = D.m <= 1 ? 1 : 8;
+    for (int cyc = 0; cyc < cycles && D.m > 0; ++cyc) {
+      const double before = best;
+      for (int64_t r = 0; r < D.m; ++r) {
+        auto slope = [&](double v) {
+          lam[r] = v;
+          set_lambda(lam);
+          run(mask);
+          argmin(c);
+          return use(r, c) - D.b[r];
+        };
+        const double keep = lam[r];
+        double lo_v = 0, hi_v;
+        if (slope(0.0) <= 0) {
+          hi_v = 0;
+        } else {
+          hi_v = std::max(keep, 1e-300);
+          if (slope(hi_v) > 0) hi_v = std::max(hi_v, 1e-12 * std::max(D.gmax, 1e-300) / std::max(D.rscale[r], 1e-300));
+          int k = 0;
+          while (slope(hi_v) > 0 && k++ < 500) {
+            lo_v = hi_v;
+            hi_v *= 4.0;
+          }
+          if (k >= 500) {  // this row cannot be met in the masked problem
+            bd.infeasible = true;
+            bd.lb = kInf;
+            return bd;
+          }
+          for (int it = 0; it < 64 && hi_v - lo_v > 1e-15 * hi_v; ++it) {
+            const double mid = 0.5 * (lo_v + hi_v);
+            if (slope(mid) > 0)
+              lo_v = mid;
+            else
+              hi_v = mid;
+          }
+        }
+        double bv = -kInf, bm = 0;
+        for (double cand : {lo_v, hi_v, keep}) {
+          lam[r] = cand;
+          const double v = value(lam);
+          if (v > bv) {
+            bv = v;
+            bm = cand;
+          }
+        }
+        lam[r] = bm;
+        best = std::max(best, bv);
+        if (D.m == 1) {
+          lam[r] = lo_v;
+          set_lambda(lam);
+          run(mask);
+          argmin(bd.below);
+          lam[r] = hi_v;
+          set_lambda(lam);
+          run(mask);
+          argmin(bd.above);
+          lam[r] = bm;
+        }
+      }
+      if (best <= before + 1e-15 * std::fabs(best)) break;
+    }
+    const double v = value(lam);
+    if (D.m != 1) {
+      argmin(bd.above);
+      bd.below = bd.above;
+    }
+    bd.lb = v;
+    forced(bd.forced);
+    for (auto& f : bd.forced) f -= lam_b(lam);
+    bd.lam = lam;
+    return bd;
+  }
+};
+
+// Bandwidth of W in layer order: the largest |l - k| with a nonzero interaction.
+int bandwidth(const Data& D) {
+  int bw = 0;
+  for (int64_t i = 0; i < D.n; ++i)
+    for (int64_t j = i + 1; j < D.n; ++j)
+      if (D.W[i * D.n + j] != 0.0) bw = std::max<int>(bw, int(std::abs(D.layer[j] - D.layer[i])));
+  return bw;
+}
+
+// Branch and bound with the chain bound. best/best_obj carry the incumbent in and out.
+struct ChainOutcome {
+  int64_t nodes = 0;
+  bool stopped_time = false, stopped_nodes = false;
+  double lb = kInf;  // proven bound over the unexplored part (min of open and discarded nodes)
+  double root_bound = -kInf;
+};
+
+ChainOutcome chain_bnb(const Data& D, int w, const IQPOptions& opt, const Deadline& dl,
+                       const std::function<double(double)>& cutoff_of, std::vector<int32_t>& best,
+                       double& best_obj) {
+  ChainOutcome out;
+  Chain ch(D, w);
+  Search rs(D);
+  struct CNode {
+    std::vector<uint32_t> mask;
+    double lb;
+    int64_t id;
+    std::vector<double> lam;
+  };
+  auto order = [](const CNode& a, const CNode& b) { return a.lb != b.lb ? a.lb > b.lb : a.id < b.id; };
+  std::priority_queue<CNode, std::vector<CNode>, decltype(order)> queue(order);
+  std::vector<uint32_t> root(D.L);
+  for (int64_t l = 0; l < D.L; ++l) root[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
+  int64_t next_id = 0;
+  queue.push(CNode{root, -kInf, next_id++, {}});
+  double closed = kInf;
+  auto offer = [&](const std::vector<int32_t>& c) {
+    rs.assign(c.data());
+    if (!rs.feasible()) return;
+    rs.local_search(dl, false);
+    if (rs.feasible() && rs.obj < best_obj) {
+      best_obj = rs.obj;
+      best = rs.c;
+    }
+  };
+  bool first = true;
+  while (!queue.empty()) {
+    if (queue.top().lb >= cutoff_of(best_obj)) {
+      closed = std::min(closed, queue.top().lb);
+      queue.pop();
+      continue;
+    }
+    if (dl.passed()) {
+      out.stopped_time = true;
+      break;
+    }
+    if (out.nodes >= opt.node_limit) {
+      out.stopped_nodes = true;
+      break;
+    }
+    CNode nd = queue.top();
+    queue.pop();
+    Chain::Bound bd = ch.dual(nd.mask, nd.lam);
+    ++out.nodes;
+    const double lb = std::max(bd.lb, nd.lb);
+    if (first) {
+      out.root_bound = bd.lb;
+      first = false;
+    }
+    if (bd.infeasible) continue;
+    offer(bd.above);
+    const double cutoff = cutoff_of(best_obj);
+    if (lb >= cutoff) {
+      closed = std::min(closed, lb);
+      continue;
+    }
+    // Forced-choice bounds: fixing, and the branching layer (minimisers disagree there).
+    std::vector<uint32_t> mask = nd.mask;
+    int64_t branch = -1;
+    int free_layers = 0;
+    for (int64_t l = 0; l < D.L; ++l) {
+      for (int64_t s = 0; s < D.size(l); ++s)
+        if (((mask[l] >> s) & 1u) && bd.forced[D.start[l] + s] >= cutoff) {
+          mask[l] &= ~(1u << s);
+          closed = std::min(closed, bd.forced[D.start[l] + s]);
+        }
+      if (mask[l] == 0) {
+        closed = std::min(closed, lb);
+        branch = -2;
+        break;
+      }
+      if ((mask[l] & (mask[l] - 1)) != 0) {
+        ++free_layers;
+        if (branch == -1 && bd.below[l] != bd.above[l]) branch = l;
+      }
+    }
+    if (branch == -2) continue;
+    if (free_layers == 0) {  // a single configuration is left
+      std::vector<int32_t> c(D.L);
+      for (int64_t l = 0; l < D.L; ++l) {
+        int64_t s = 0;
+        while (!((mask[l] >> s) & 1u)) ++s;
+        c[l] = int32_t(s);
+      }
+      offer(c);
+      continue;
+    }
+    if (branch == -1) {
+      // The minimisers agree on every free layer: the feasible one is optimal here when the
+      // complementary slackness holds; otherwise split the free layer with most choices.
+      if (bd.above == bd.below) {
+        bool slack = true;
+        for (int64_t r = 0; r < D.m; ++r)
+          if (bd.lam.size() > size_t(r) && bd.lam[r] > 0 && ch.use(r, bd.above) < D.b[r] - 1e-12 * D.rscale[r])
+            slack = false;
+        rs.assign(bd.above.data());
+        if (slack && rs.feasible()) {
+          if (rs.obj < best_obj) {
+            best_obj = rs.obj;
+            best = rs.c;
+          }
+          closed = std::min(closed, std::max(lb, rs.obj));
+          continue;
+        }
+      }
+      int best_cnt = 0;
+      for (int64_t l = 0; l < D.L; ++l) {
+        const int cnt = __builtin_popcount(mask[l]);
+        if (cnt > 1 && cnt > best_cnt) {
+          best_cnt = cnt;
+          branch = l;
+        }
+      }
+    }
+    for (int64_t s = 0; s < D.size(branch); ++s) {
+      if (!((mask[branch] >> s) & 1u)) continue;
+      CNode c{mask, std::max(lb, bd.forced[D.start[branch] + s]), next_id++, bd.lam};
+      c.mask[branch] = 1u << s;
+      queue.push(std::move(c));
+    }
+  }
+  out.lb = closed;
+  if (!queue.empty()) out.lb = std::min(out.lb, queue.top().lb);
+  return out;
+}
+
+}  // namespace
+
+IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice) {
+  check_iqp_problem(p);
+  LOWBIT_CHECK(opt.time_limit > 0 && std::isfinite(opt.time_limit),
+               "time_limit must be a positive number of seconds, got " << opt.time_limit);
+  LOWBIT_CHECK(opt.node_limit >= 1, "node_limit must be >= 1, got " << opt.node_limit);
+  LOWBIT_CHECK(opt.gap_tol >= 0 && std::isfinite(opt.gap_tol), "gap_tol must be >= 0, got " << opt.gap_tol);
+  LOWBIT_CHECK(opt.restarts >= 0, "restarts must be >= 0, got " << opt.restarts);
+  const auto t0 = Clock::now();
+  const Deadline dl{t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opt.time_limit))};
+  const Data D(p);
+  const int64_t L = D.L;
+  IQPResult res;
+
+  // ---- incumbent: greedy starts + local search, then perturbation restarts -----------------
+  std::vector<int32_t> best(L, -1);
+  double best_obj = kInf;
+  auto offer = [&](const Search& s) {
+    if (s.feasible() && s.obj < best_obj) {
+      best_obj = s.obj;
+      best = s.c;
+    }
+  };
+  {
+    Search s(D);
+    std::vector<int32_t> c0(L);
+    // (a) cheapest configuration (normalised budget use; ties by the diagonal), upgraded.
+    for (int64_t l = 0; l < L; ++l) {
+      double bc = kInf, bd = kInf;
+      for (int64_t t = 0; t < D.size(l); ++t) {
+        const int64_t i = D.start[l] + t;
+        double cst = 0;
+        for (int64_t r = 0; r < D.m; ++r) cst += D.A[r * D.n + i] / D.rscale[r];
+        if (cst < bc - 1e-15 || (cst <= bc + 1e-15 && D.d[i] < bd)) {
+          bc = cst;
+          bd = D.d[i];
+          c0[l] = int32_t(t);
+        }
+      }
+    }
+    s.assign(c0.data());
+    if (s.repair()) {
+      s.upgrade(dl);
+      s.local_search(dl, true);
+      offer(s);
+    }
+    // (b) the best diagonal choice per layer, repaired down to the budget.
+    for (int64_t l = 0; l < L; ++l) {
+      int64_t bt = 0;
+      for (int64_t t = 1; t < D.size(l); ++t)
+        if (D.d[D.start[l] + t] < D.d[D.start[l] + bt]) bt = t;
+      c0[l] = int32_t(bt);
+    }
+    s.assign(c0.data());
+    s.one_opt(dl);  // (feasible moves only: from an infeasible point this only lowers)
+    s.assign(s.c.data());
+    if (s.repair()) {
+      s.local_search(dl, true);
+      offer(s);
+    }
+  }
+  // Iterated local search: rounds of `restarts` perturbations of the incumbent (run through
+  // parallel_for, reduced in restart order: the same result for any thread count), until two
+  // rounds in a row find nothing better, at most 16 rounds or a fifth of the time limit.
+  const auto ils_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.2 * opt.time_limit));
+  for (int round = 0, stall = 0; best_obj < kInf && opt.restarts > 0 && round < 16 && stall < 2 &&
+                                 !dl.passed() && Clock::now() < ils_end;
+       ++round) {
+    const int R = opt.restarts;
+    std::vector<std::vector<int32_t>> rc(R);
+    std::vector<double> ro(R, kInf);
+    const std::vector<int32_t> base = best;
+    parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        uint64_t st = opt.seed * 0x100000001B3ull + uint64_t(round * R + r) * 0x9E3779B97F4A7C15ull + 12345;
+        std::vector<int32_t> c = base;
+        const int64_t kicks = 1 + (r % 4) * std::max<int64_t>(1, L / 8) + (r / 4);
+        for (int64_t k = 0; k < kicks; ++k) {
+          const int64_t l = int64_t(splitmix64(st) % uint64_t(L));
+          c[l] = int32_t(splitmix64(st) % uint64_t(D.size(l)));
+        }
+        Search s(D);
+        s.assign(c.data());
+        if (!s.repair()) continue;
+        s.local_search(dl, true);
+        if (s.feasible()) {
+          ro[r] = s.obj;
+          rc[r] = s.c;
+        }
+      }
+    });
+    bool improved = false;
+    for (int r = 0; r < R; ++r)
+      if (ro[r] < best_obj - D.eps) {
+        best_obj = ro[r];
+        best = rc[r];
+        improved = true;
+      }
+    stall = improved ? 0 : stall + 1;
+  }
+  res.warm_objective = best_obj;
+
+  // ---- branch and bound ---------------------------------------------------------------------
+  const int bw = bandwidth(D);
+  int64_t window_states = 1;
+  for (int64_t l = 0; l < L; ++l) {
+    int64_t k = 1;
+    for (int64_t j = std::max<int64_t>(0, l - bw + 1); j <= l; ++j) k *= D.size(j);
+    window_states = std::max(window_states, k);
+  }
+  if (bw <= 2 && window_states <= 4096) {
+    auto denom_c = [&](double inc) { return std::max(std::fabs(inc), 1e-9 * std::max(D.gmax, 1e-300)); };
+    std::function<double(double)> cut = [&](double inc) {
+      return std::isfinite(inc) ? inc - opt.gap_tol * denom_c(inc) : kInf;
+    };
+    ChainOutcome co = chain_bnb(D, bw, opt, dl, cut, best, best_obj);
+    res.nodes = co.nodes;
+    res.root_bound = co.root_bound;
+    res.relaxation = "chain";
+    res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const bool stopped = co.stopped_time || co.stopped_nodes;
+    if (!std::isfinite(best_obj)) {
+      for (int64_t l = 0; l < L; ++l) choice[l] = -1;
+      res.objective = kInf;
+      res.status = stopped ? (co.stopped_time ? IQPStatus::kTimeLimit : IQPStatus::kNodeLimit) : IQPStatus::kInfeasible;
+      res.bound = stopped ? co.lb : kInf;
+      res.gap = stopped ? kInf : 0.0;
+      return res;
+    }
+    for (int64_t l = 0; l < L; ++l) choice[l] = best[l];
+    res.objective = iqp_objective(p, choice);
+    res.bound = std::min(co.lb, res.objective);
+    res.gap = std::max(0.0, (res.objective - res.bound) / denom_c(res.objective));
+    res.status = !stopped || res.gap <= opt.gap_tol ? IQPStatus::kOptimal
+                 : co.stopped_time                 ? IQPStatus::kTimeLimit
+                                                   : IQPStatus::kNodeLimit;
+    return res;
+  }
+  const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
+  std::vector<uint32_t> root_mask(L);
+  for (int64_t l = 0; l < L; ++l)
+    root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
+  const double tol_scale = std::max(1e-12, 1e-9 * D.gmax) * 1e-3;
+  auto denom = [&](double inc) { return std::max(std::fabs(inc), 1e-9 * std::max(D.gmax, 1e-300)); };
+  auto cutoff_of = [&](double inc) { return std::isfinite(inc) ? inc - opt.gap_tol * denom(inc) : kInf; };
+
+  // Root: solve with each shift, keep the one with the better bound.
+  size_t which = 0;
+  NodeResult root;
+  int64_t nodes = 0;
+  std::vector<std::unique_ptr<Relaxation>> relax;
+  // A short solve of each candidate picks one; only that one is solved to convergence.
+  for (size_t k = 0; k < shifts.size(); ++k) {
+    relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
+    NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
+    nodes = 1;  // the root counts once, whatever the number of candidates
+    if (k == 0 || r.lb > root.lb || r.infeasible) {
+      root = std::move(r);
+      which = k;
+    }
+    if (root.infeasible || root.pruned) break;
+  }
+  Relaxation& R = *relax[which];  // its layout is the root's: expand() reads it
+  if (!root.infeasible && !root.pruned) {
+    std::vector<double> warm(D.n, 0.0);
+    for (size_t j = 0; j < R.vars().size(); ++j) warm[R.vars()[j]] = root.x[j];
+    NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
+    r.lb = std::max(r.lb, root.lb);
+    root = std::move(r);
+  }
+  res.root_bound = root.lb;
+  res.relaxation = shifts[which].kind;
+
+  std::priority_queue<Node, std::vector<Node>, NodeOrder> queue;
+  int64_t next_id = 0;
+  bool stopped_time = false, stopped_nodes = false;
+  double closed_lb = kInf;  // smallest bound of everything discarded by the cutoff
+  auto discard = [&](double lb) { closed_lb = std::min(closed_lb, lb); };
+
+  Search rs(D);
+  std::vector<int32_t> cand(L);
+
+  // Processes a node whose relaxation `nr` was solved on `mask` by R (R's layout is current).
+  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr) {
+    if (nr.infeasible || nr.pruned) {
+      discard(nr.lb);
+      return;
+    }
+    const auto& vars = R.vars();
+    const auto& blocks = R.blocks();
+    const auto& bstart = R.bstart();
+    if (vars.empty()) {  // a leaf: every layer fixed and the budget met
+      for (int64_t l = 0; l < L; ++l) {
+        int64_t s = 0;
+        while (!((mask[l] >> s) & 1u)) ++s;
+        cand[l] = int32_t(s);
+      }
+      rs.assign(cand.data());
+      if (rs.feasible() && rs.obj < best_obj) {
+        best_obj = rs.obj;
+        best = rs.c;
+      }
+      return;
+    }
+    // Incumbent from the relaxed point: round, repair, 1-opt.
+    for (int64_t l = 0; l < L; ++l) {
+      int64_t s = 0;
+      while (!((mask[l] >> s) & 1u)) ++s;
+      cand[l] = int32_t(s);
+    }
+    for (size_t bl = 0; bl < blocks.size(); ++bl) {
+      int64_t arg = bstart[bl];
+      for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j)
+        if (nr.x[j] > nr.x[arg]) arg = j;
+      cand[blocks[bl]] = int32_t(vars[arg] - D.start[blocks[bl]]);
+    }
+    rs.assign(cand.data());
+    if (rs.repair()) {
+      rs.local_search(dl, false);
+      if (rs.feasible() && rs.obj < best_obj) {
+        best_obj = rs.obj;
+        best = rs.c;
+        rs.local_search(dl, true);
+        if (rs.obj < best_obj) {
+          best_obj = rs.obj;
+          best = rs.c;
+        }
+      }
+    }
+    const double cutoff = cutoff_of(best_obj);
+    if (nr.lb >= cutoff) {
+      discard(nr.lb);
+      return;
+    }
+    // Reduced-cost fixing, then the most fractional remaining layer.
+    int64_t branch = -1;
+    double frac = -1;
+    for (size_t bl = 0; bl < blocks.size(); ++bl) {
+      const int64_t l = blocks[bl];
+      double mx = 0;
+      for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
+        const int64_t s = vars[j] - D.start[l];
+        if (nr.lb + nr.rc[j] >= cutoff) {
+          mask[l] &= ~(1u << s);
+          discard(nr.lb + nr.rc[j]);
+        } else
+          mx = std::max(mx, nr.x[j]);
+      }
+      if (mask[l] == 0) return;  // nothing in this node beats the incumbent
+      if ((mask[l] & (mask[l] - 1)) != 0 && 1.0 - mx > frac) {
+        frac = 1.0 - mx;
+        branch = l;
+      }
+    }
+    auto warm = std::make_shared<std::vector<double>>(D.n, 0.0);
+    for (size_t j = 0; j < vars.size(); ++j) (*warm)[vars[j]] = nr.x[j];
+    if (branch < 0) {  // fixing left one choice per layer: one child, a leaf
+      queue.push(Node{std::move(mask), nr.lb, next_id++, warm});
+      return;
+    }
+    size_t bl = 0;
+    while (blocks[bl] != branch) ++bl;
+    for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
+      const int64_t s = vars[j] - D.start[branch];
+      if (!((mask[branch] >> s) & 1u)) continue;
+      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm};
+      ch.mask[branch] = 1u << s;
+      queue.push(std::move(ch));
+    }
+  };
+
+  expand(root_mask, root);
+  while (!queue.empty()) {
+    if (queue.top().lb >= cutoff_of(best_obj)) {
+      discard(queue.top().lb);
+      queue.pop();
+      continue;
+    }
+    if (dl.passed()) {
+      stopped_time = true;
+      break;
+    }
+    if (nodes >= opt.node_limit) {
+      stopped_nodes = true;
+      break;
+    }
+    Node nd = queue.top();
+    queue.pop();
+    NodeResult nr = R.solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff_of(best_obj), tol_scale, 600, dl);
+    ++nodes;
+    if (!nr.infeasible && !nr.pruned) nr.lb = std::max(nr.lb, nd.lb);
+    expand(std::move(nd.mask), nr);  // (a relaxation cut short by the deadline is still a bound)
+  }
+
+  // ---- result -------------------------------------------------------------------------------
+  double lb = closed_lb;
+  if (!queue.empty()) lb = std::min(lb, queue.top().lb);
+  res.nodes = nodes;
+  res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!std::isfinite(best_obj)) {
+    for (int64_t l = 0; l < L; ++l) choice[l] = -1;
+    res.objective = kInf;
+    if (!stopped_time && !stopped_nodes) {
+      res.status = IQPStatus::kInfeasible;
+      res.bound = kInf;  // every node was empty
+      res.gap = 0;
+    } else {
+      res.status = stopped_time ? IQPStatus::kTimeLimit : IQPStatus::kNodeLimit;
+      res.bound = lb;
+      res.gap = kInf;
+    }
+    return res;
+  }
+  for (int64_t l = 0; l < L; ++l) choice[l] = best[l];
+  res.objective = iqp_objective(p, choice);
+  lb = std::min(lb, res.objective);
+  res.bound = lb;
+  res.gap = std::max(0.0, (res.objective - lb) / denom(res.objective));
+  if (!stopped_time && !stopped_nodes)
+    res.status = IQPStatus::kOptimal;  // the queue emptied: every node pruned by the cutoff
+  else
+    res.status = res.gap <= opt.gap_tol ? IQPStatus::kOptimal
+                 : stopped_time         ? IQPStatus::kTimeLimit
+                                        : IQPStatus::kNodeLimit;
+  if (res.status == IQPStatus::kOptimal) res.bound = std::min(res.bound, res.objective);
+  return res;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,494 @@
+"""CLADO: mixed precision from measured single-layer and pairwise loss terms (methods.md section 3).
+
+For every searched layer l and candidate bit width s the engine measures
+``Lt_l(s) = L(only l quantized at s) - L(FP)``, and for every searched pair (l, m)
+``Lt_lm(s, t) = L(l at s and m at t) - L(FP)``. The IQP matrix is the reference's:
+
+    G[(l,s),(l,s)] = 2 Lt_l(s);  G[(l,s),(m,t)] = Lt_lm(s,t) - Lt_l(s) - Lt_m(t);  0 within a layer
+
+so that ``x^T G x = 2 dL`` for a one-hot x; pairs not measured (``pairs="neighbors"`` or a
+window) count as independent (0). lowbit's exact solver (C++, ``_native.solve_iqp``) minimises
+it under the budget(s), on the raw G or on its PSD projection, and the chosen bits are set with
+``ctx.requantize`` so a following stage (``method=["clado", "adaround"]``) rounds them.
+
+Measurement protocol: every other layer stays FP (weights and activations), each perturbed
+weight is the nearest rounding on the grid lowbit itself uses at that bit width (quantized once
+per (layer, bits) and swapped in by pointer), and the loss is the cross entropy to the labels
+("ce"), the KL divergence from the FP outputs ("kl", no labels needed) or the squared error to
+the FP outputs ("mse"). Outputs of the parameterised modules that run before the first
+perturbed layer are cached once, so an evaluation recomputes only from that layer on.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lowbit import _native, calib
+from lowbit.config import QuantConfig, check_bits, check_range
+from lowbit.quantizers import dequantize_codes, float_weight_2d, round_nearest, weight_grid
+from lowbit.registry import register_method
+
+log = logging.getLogger("lowbit")
+
+LOSSES = ("auto", "ce", "kl", "mse")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CladoConfig(QuantConfig):
+    """Options of CLADO.
+
+    bits: candidate weight bit widths. Budgets (any combination; none = no budget):
+    avg_bits (parameter-weighted average weight bits of the searched layers), bytes (weight-code
+    bytes of all quantized layers; layers not searched count at their planned bits), bitops
+    (sum over quantized layers of MACs per sample x weight bits x activation bits, 32 for float
+    activations). num_samples: size of the sensitivity set. pairs: "all", "neighbors" (adjacent
+    layers in execution order), or an int window (0: no pair terms, the diagonal-only search).
+    loss: "auto" (ce when every calibration batch has labels, else kl), "ce", "kl" or "mse".
+    psd: solve the "raw" G or its PSD "project"ion. time_limit: solver seconds. layers: names to
+    search (default: every quantized layer not pinned by keep_first_last or overrides).
+    cache_mb: memory for the prefix activation cache.
+    """
+
+    bits: tuple[int, ...] = (2, 4, 8)
+    avg_bits: float | None = None
+    bytes: float | None = None
+    bitops: float | None = None
+    num_samples: int = 256
+    pairs: Union[str, int] = "all"
+    loss: str = "auto"
+    psd: str = "raw"
+    time_limit: float = 30.0
+    layers: tuple[str, ...] | None = None
+    cache_mb: float = 512.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, (list, tuple)):
+            object.__setattr__(self, "bits", tuple(sorted(self.bits)))
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not isinstance(self.bits, tuple) or not self.bits:
+            raise ValueError(f"bits must be a non-empty list of bit widths, got {self.bits!r}")
+        for b in self.bits:
+            check_bits("bits", b)
+        if len(set(self.bits)) != len(self.bits):
+            raise ValueError(f"bits must not repeat a width, got {self.bits!r}")
+        if self.avg_bits is not None:
+            check_range("avg_bits", self.avg_bits, 1.0, 32.0)
+        if self.bytes is not None:
+            check_range("bytes", self.bytes, 0.0, math.inf)
+        if self.bitops is not None:
+            check_range("bitops", self.bitops, 0.0, math.inf)
+        check_range("num_samples", self.num_samples, 1, 1 << 30, integer=True)
+        if isinstance(self.pairs, bool) or not (self.pairs in ("all", "neighbors") or
+                                                (isinstance(self.pairs, int) and self.pairs >= 0)):
+            raise ValueError(f"pairs must be 'all', 'neighbors' or a window size >= 0, got {self.pairs!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.psd not in ("raw", "project"):
+            raise ValueError(f"psd must be 'raw' or 'project', got {self.psd!r}")
+        check_range("time_limit", self.time_limit, 1e-3, 1e6)
+        check_range("cache_mb", self.cache_mb, 0.0, 1e7)
+        if self.layers is not None and (not isinstance(self.layers, tuple) or not self.layers or
+                                        not all(isinstance(n, str) for n in self.layers)):
+            raise ValueError(f"layers must be a non-empty list of layer names or None, got {self.layers!r}")
+
+
+# --- measurement engine ------------------------------------------------------------------
+
+
+def _clone(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_clone(v) for v in x)
+    return x
+
+
+def _nbytes(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    if isinstance(x, (tuple, list)):
+        return sum(_nbytes(v) for v in x)
+    return 0
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"CLADO needs the model output as a tensor (or .logits / first item), got {type(out).__name__}")
+
+
+class Engine:
+    """Loss of a float model with some layers' weights swapped for given tensors.
+
+    ``loss({name: weight, ...})`` runs the sensitivity set; the outputs of every parameterised
+    module that runs before the first swapped layer are replayed from a cache (cloned, so
+    in-place ops downstream cannot corrupt it) instead of recomputed.
+    """
+
+    def __init__(self, model: nn.Module, batches: list[calib.Batch], names: list[str], loss: str,
+                 cache_bytes: float = 512 * 2**20):
+        self.model = model
+        self.batches = batches
+        self.kind = loss
+        self.n = sum(b.size for b in batches)
+        self.mods = {n: model.get_submodule(n) for n in names}
+        self.fp_weight = {n: m.weight.data for n, m in self.mods.items()}
+        self.count = 0
+        self.seconds = 0.0
+        self._counter = 0
+        self._replay = 0
+        self._cache: list = []
+        self._record: list | None = None
+        self._keep = 0
+        self._first: dict[int, int] = {}
+        self._sizes: list[int] = []
+        # Leaf modules only: replaying a module with children would skip their calls and shift
+        # the call count the cache is indexed by.
+        self._patched = [m for m in model.modules()
+                         if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None]
+        missing = [n for n, m in self.mods.items() if not any(m is p for p in self._patched)]
+        if missing:
+            raise ValueError(f"CLADO can only search leaf layers with a weight, not {missing}")
+        for m in self._patched:
+            self._patch(m)
+        try:
+            self._prepare(cache_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _patch(self, mod: nn.Module) -> None:
+        orig = mod.forward
+        eng = self
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            i = eng._counter
+            eng._counter += 1
+            if i < eng._replay:
+                return _clone(eng._cache[i])
+            out = orig(*args, **kwargs)
+            if eng._record is not None:
+                eng._first.setdefault(id(mod), i)
+                if i < eng._keep:
+                    eng._record.append(_clone(out))
+                elif eng._keep < 0:
+                    eng._sizes.append(_nbytes(out))
+            return out
+
+        mod.forward = forward
+
+    def close(self) -> None:
+        for m in self._patched:
+            m.__dict__.pop("forward", None)
+        for n, m in self.mods.items():
+            m.weight.data = self.fp_weight[n]
+        self.caches = []
+
+    @torch.no_grad()
+    def _prepare(self, cache_bytes: float) -> None:
+        # First batch: call order and output sizes; then how many leading outputs fit the cache.
+        self._keep, self._record, self._counter = -1, [], 0
+        calib.run_model(self.model, self.batches[0])
+        per_sample = np.cumsum([s / self.batches[0].size for s in self._sizes])
+        self._keep = int(np.searchsorted(per_sample, cache_bytes / max(self.n, 1), side="right"))
+        self.pos = {n: self._first[id(m)] for n, m in self.mods.items()}
+        # Every batch: the cache and the FP reference.
+        self.caches, self.ref = [], []
+        base = 0.0
+        for b in self.batches:
+            self._record, self._counter = [], 0
+            out = _logits(calib.run_model(self.model, b))
+            self.caches.append(self._record)
+            if self.kind == "kl":
+                self.ref.append(F.log_softmax(out.double(), dim=-1))
+            elif self.kind == "mse":
+                self.ref.append(out.double())
+            else:
+                if b.labels is None:
+                    raise ValueError("loss='ce' needs labels: pass (input, label) batches or use loss='kl'")
+                self.ref.append(b.labels)
+            base += self._batch_loss(out, len(self.ref) - 1)
+        self._record = None
+        self.fp_loss = base / self.n
+
+    def _batch_loss(self, out: torch.Tensor, bi: int) -> float:
+        n = out.shape[0]
+        if self.kind == "ce":
+            c = out.shape[-1]
+            labels = self.ref[bi].reshape(-1).long()
+            return float(F.cross_entropy(out.double().reshape(-1, c), labels, reduction="sum")) * n / labels.numel()
+        if self.kind == "kl":
+            ref = self.ref[bi]
+            kl = (ref.exp() * (ref - F.log_softmax(out.double(), dim=-1))).sum(-1)
+            return float(kl.reshape(n, -1).mean(1).sum())
+        return float((out.double() - self.ref[bi]).pow(2).reshape(n, -1).mean(1).sum())
+
+    @torch.no_grad()
+    def loss(self, weights: dict[str, torch.Tensor], use_cache: bool = True) -> float:
+        t0 = time.perf_counter()
+        first = min((self.pos[n] for n in weights), default=0)
+        for n, w in weights.items():
+            self.mods[n].weight.data = w
+        total = 0.0
+        try:
+            for bi, b in enumerate(self.batches):
+                self._counter = 0
+                self._cache = self.caches[bi]
+                self._replay = min(first, len(self._cache)) if use_cache else 0
+                total += self._batch_loss(_logits(calib.run_model(self.model, b)), bi)
+        finally:
+            self._replay = 0
+            for n in weights:
+                self.mods[n].weight.data = self.fp_weight[n]
+        self.count += 1
+        self.seconds += time.perf_counter() - t0
+        return total / self.n
+
+
+# --- the search --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Terms:
+    """Measured CLADO terms of the searched layers (execution order)."""
+
+    names: list[str]
+    bits: tuple[int, ...]
+    single: np.ndarray  # (L, S): Lt_l(s)
+    pairs: dict[tuple[int, int], np.ndarray]  # (l, m) -> (S, S): Lt_lm(s, t)
+    fp_loss: float
+    loss: str
+
+    def matrix(self, with_pairs: bool = True) -> np.ndarray:
+        """The reference G (L*S, L*S) in float64 (``with_pairs=False``: the diagonal-only search)."""
+        L, S = self.single.shape
+        G = np.zeros((L * S, L * S))
+        G[np.arange(L * S), np.arange(L * S)] = 2 * self.single.reshape(-1)
+        if with_pairs:
+            for (a, b), t in self.pairs.items():
+                block = t - self.single[a][:, None] - self.single[b][None, :]
+                G[a * S : (a + 1) * S, b * S : (b + 1) * S] = block
+                G[b * S : (b + 1) * S, a * S : (a + 1) * S] = block.T
+        return G
+
+
+def pair_list(L: int, pairs: Union[str, int]) -> list[tuple[int, int]]:
+    if pairs == "all":
+        return list(itertools.combinations(range(L), 2))
+    window = 1 if pairs == "neighbors" else int(pairs)
+    return [(a, b) for a in range(L) for b in range(a + 1, min(L, a + window + 1))]
+
+
+def quantized_weights(ctx, names: list[str], bits: tuple[int, ...]) -> dict[tuple[str, int], torch.Tensor]:
+    """Each (layer, bits): the nearest rounding on lowbit's grid for that layer, as a float weight."""
+    out = {}
+    for name in names:
+        spec = ctx.spec(name)
+        mod = ctx.fp_layer(name)
+        w = float_weight_2d(mod)
+        for b in bits:
+            scale, zero = weight_grid(w, b, spec.granularity, spec.group_size, spec.symmetric)
+            codes = round_nearest(w, scale, zero, b)
+            out[(name, b)] = dequantize_codes(codes, scale, zero).reshape(mod.weight.shape).to(
+                device=mod.weight.device, dtype=mod.weight.dtype)
+    return out
+
+
+def searched_layers(ctx, config: CladoConfig) -> list[str]:
+    names = [s.name for s in ctx.layers]
+    if config.layers is not None:
+        unknown = [n for n in config.layers if n not in names]
+        if unknown:
+            raise ValueError(f"CLADO layers {unknown} are not quantized layers; quantized: {names}")
+        return [n for n in names if n in config.layers]
+    # keep_first_last pins the first and last quantized layers; overrides pin what they name.
+    ends = {ctx.layers[0].name, ctx.layers[-1].name} if ctx.settings.keep_first_last is not None else set()
+    return [s.name for s in ctx.layers
+            if s.name not in ends and not any(note.startswith("override") for note in s.notes)]
+
+
+def measure(ctx, config: CladoConfig, names: list[str]) -> tuple[Terms, Engine]:
+    batches = list(calib.chunks(ctx.batches, config.num_samples))
+    kind = config.loss
+    if kind == "auto":
+        kind = "ce" if all(b.labels is not None for b in batches) else "kl"
+    model = copy.deepcopy(ctx.fp_model).eval()
+    engine = Engine(model, batches, names, kind, config.cache_mb * 2**20)
+    try:
+        qw = quantized_weights(ctx, names, config.bits)
+        L, S = len(names), len(config.bits)
+        plist = pair_list(L, config.pairs)
+        jobs = [(a,) for a in range(L)] + plist
+        single = np.zeros((L, S))
+        pairs = {p: np.zeros((S, S)) for p in plist}
+        bar = tqdm(total=L * S + len(plist) * S * S, desc="clado measurements", unit="eval", leave=False,
+                   disable=not ctx.settings.progress)
+        try:
+            for job in jobs:
+                for combo in itertools.product(range(S), repeat=len(job)):
+                    w = {names[layer]: qw[(names[layer], config.bits[s])] for layer, s in zip(job, combo)}
+                    d = engine.loss(w) - engine.fp_loss
+                    if len(job) == 1:
+                        single[job[0], combo[0]] = d
+                    else:
+                        pairs[job][combo] = d
+                    bar.update(1)
+        finally:
+            bar.close()
+    except BaseException:
+        engine.close()
+        raise
+    engine.qw = qw
+    return Terms(names, config.bits, single, pairs, engine.fp_loss, kind), engine
+
+
+def layer_macs(ctx, names: list[str]) -> dict[str, float]:
+    """Multiply-accumulates per sample of each layer, from one forward of the FP model."""
+    macs: dict[str, float] = {}
+    mods = {n: ctx.fp_layer(n) for n in names}
+    batch = ctx.batches[0]
+
+    def on_out(name: str, y: torch.Tensor) -> None:
+        m = mods[name]
+        per_out = m.weight[0].numel()  # in/groups*kh*kw or in_features
+        macs.setdefault(name, y.numel() / batch.size * per_out)
+
+    with torch.no_grad(), calib.capture(mods, on_output=on_out):
+        calib.run_model(ctx.fp_model, batch)
+    return macs
+
+
+def budget_rows(ctx, config: CladoConfig, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A (m, L*S) and b (m,) in float64 for the budgets the config sets."""
+    S = len(config.bits)
+    bits = np.array(config.bits, np.float64)
+    params = np.array([ctx.fp_layer(n).weight.numel() for n in names], np.float64)
+    others = [s for s in ctx.layers if s.name not in names]
+    rows, rhs, labels = [], [], []
+    if config.avg_bits is not None:
+        rows.append(np.outer(params, bits).reshape(-1))
+        rhs.append(config.avg_bits * params.sum())
+        labels.append("avg_bits")
+    if config.bytes is not None:
+        fixed = sum(ctx.fp_layer(s.name).weight.numel() * s.w_bits / 8 for s in others)
+        rows.append(np.outer(params, bits / 8).reshape(-1))
+        rhs.append(config.bytes - fixed)
+        labels.append("bytes")
+    if config.bitops is not None:
+        macs = layer_macs(ctx, [s.name for s in ctx.layers])
+        abits = {s.name: 32 if s.a_bits is None else s.a_bits for s in ctx.layers}
+        fixed = sum(macs[s.name] * s.w_bits * abits[s.name] for s in others)
+        m = np.array([macs[n] * abits[n] for n in names])
+        rows.append(np.outer(m, bits).reshape(-1))
+        rhs.append(config.bitops - fixed)
+        labels.append("bitops")
+    if not rows:
+        return np.zeros((0, len(names) * S)), np.zeros(0), []
+    return np.array(rows), np.array(rhs, np.float64), labels
+
+
+def negative_mass(G: np.ndarray) -> tuple[float, float]:
+    """Clipped negative eigen-mass of G and its share of the spectrum's absolute mass."""
+    lam = np.linalg.eigvalsh((G + G.T) / 2)
+    neg = float(-lam[lam < 0].sum())
+    total = float(np.abs(lam).sum())
+    return neg, neg / total if total > 0 else 0.0
+
+
+def solve(G: np.ndarray, S: int, A: np.ndarray, b: np.ndarray, time_limit: float, seed: int = 0):
+    L = G.shape[0] // S
+    return _native.solve_iqp(G.astype(np.float32), np.full(L, S, np.int32), A if len(b) else None,
+                             b if len(b) else None, time_limit=time_limit, seed=seed)
+
+
+@register_method("clado", CladoConfig, "cross-layer mixed precision: measured pairwise terms, exact IQP")
+def run(ctx, config: CladoConfig) -> None:
+    """Cross-layer mixed precision: measured pairwise terms, exact IQP."""
+    names = searched_layers(ctx, config)
+    if not names:
+        raise ValueError("CLADO has no layer to search: every quantized layer is pinned (keep_first_last / "
+                         "overrides); pass layers=[...] or keep_first_last=None")
+    t0 = time.perf_counter()
+    terms, engine = measure(ctx, config, names)
+    try:
+        t_measure = time.perf_counter() - t0
+        S = len(config.bits)
+        G = terms.matrix()
+        neg, share = negative_mass(G)
+        Gs = G
+        if config.psd == "project":
+            Gp, neg = _native.project_psd(G.astype(np.float32))
+            Gs = Gp.astype(np.float64)
+        A, b, labels = budget_rows(ctx, config, names)
+        choice, info = solve(Gs, S, A, b, config.time_limit, ctx.settings.seed)
+        if info["status"] == "infeasible" or choice[0] < 0:
+            cheapest = A.reshape(len(labels), len(names), S).min(2).sum(1) if labels else []
+            need = {lab: float(c) for lab, c in zip(labels, cheapest)}
+            if "avg_bits" in need:
+                need["avg_bits"] /= float(sum(ctx.fp_layer(n).weight.numel() for n in names))
+            raise ValueError(f"CLADO budget cannot be met ({info['status']}): the smallest configuration of the "
+                             f"searched layers needs {need} against {dict(zip(labels, b.tolist()))}")
+        # Sanity: with no budget the measured model should want the highest bits everywhere.
+        free_choice, free_info = solve(Gs, S, np.zeros((0, G.shape[0])), np.zeros(0), min(config.time_limit, 5.0),
+                                       ctx.settings.seed)
+        below = [names[i] for i in range(len(names)) if free_choice[i] != S - 1]
+        if below:
+            log.warning("CLADO: with no budget the measured G prefers fewer than %d bits for %s "
+                        "(negative or non-additive loss terms)", config.bits[-1], below)
+        chosen = {n: config.bits[c] for n, c in zip(names, choice)}
+        measured = engine.loss({n: engine.qw[(n, chosen[n])] for n in names}) - engine.fp_loss
+    finally:
+        engine.close()
+    for i, n in enumerate(names):
+        ctx.requantize(n, chosen[n])
+        ctx.note(n, clado_bits=chosen[n], clado_single={str(bb): float(v) for bb, v in zip(config.bits, terms.single[i])})
+    params = np.array([ctx.fp_layer(n).weight.numel() for n in names], np.float64)
+    avg = float((params * np.array([chosen[n] for n in names])).sum() / params.sum())
+    x = np.zeros(G.shape[0])
+    x[np.arange(len(names)) * S + choice] = 1
+    ctx.report.meta["clado"] = {
+        "searched_layers": names,
+        "bits": list(config.bits),
+        "chosen_bits": chosen,
+        "avg_bits": avg,
+        "budget": {lab: {"limit": float(bb), "used": float(A[k] @ x)} for k, (lab, bb) in enumerate(zip(labels, b))},
+        "loss": terms.loss,
+        "fp_loss": terms.fp_loss,
+        "num_samples": engine.n,
+        "pairs": config.pairs,
+        "num_pairs": len(terms.pairs),
+        "psd": config.psd,
+        "negative_eigen_mass": float(neg),
+        "negative_eigen_share": float(share),
+        "predicted_delta_loss": float(x @ G @ x / 2),
+        "predicted_delta_loss_solved": float(info["objective"] / 2),
+        "measured_delta_loss": float(measured),
+        "solver": {k: info[k] for k in ("status", "objective", "bound", "gap", "nodes", "seconds", "relaxation")},
+        "evaluations": engine.count,
+        "measure_seconds": round(t_measure, 3),
+        "sanity": {"unconstrained_all_max_bits": not below, "layers_below_max": below,
+                   "unconstrained_status": free_info["status"]},
+        "problem": {"G": G.tolist(), "params": params.tolist()},
+    }
