@@ -7,6 +7,7 @@ namespace lowbit::bind {
 void bind_core(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_gram(py::module_& m);
+void bind_multipoint(py::module_& m);
 }  // namespace lowbit::bind
 
 PYBIND11_MODULE(_lowbit, m) {
@@ -17,4 +18,5 @@ PYBIND11_MODULE(_lowbit, m) {
   lowbit::bind::bind_core(m);
   lowbit::bind::bind_quant(m);
   lowbit::bind::bind_gram(m);
+  lowbit::bind::bind_multipoint(m);
 }
