@@ -23,6 +23,7 @@ _EXPORTS = {
     "register_method": "lowbit.registry",
     "QuantConfig": "lowbit.config",
     "NearestConfig": "lowbit.methods.nearest",
+    "MultipointConfig": "lowbit.methods.multipoint",
     "set_num_threads": "lowbit._native",
     "get_num_threads": "lowbit._native",
 }

@@ -1,0 +1,320 @@
+"""Multipoint quantization (Liu, Ye, Zhou, Liu, AAAI 2021; methods.md section 5).
+
+Each output channel's weight row is its ordinary b-bit quantization (the "base", the nearest
+rounding ``lowbit.quantize`` starts from, at the layer's granularity) plus a few extra b-bit
+rows, the points, each with its own scale:
+
+    w_c  ~  base_c + sum_p a_p * (u_p - z_p)        u_p: b-bit codes, a_p: one float per point
+
+All points share the layer's bit width, so the same integer kernel runs them ("mixed precision
+without mixed-precision hardware"). Each point is the exact optimum of the residual fit (the
+breakpoint sweep of section 5.2, in C++), its scale refit to the layer's output error; points
+go to the channels whose output error ``(w_c - w~_c)^T H (w_c - w~_c)`` (H the Gram matrix of
+the layer's calibration inputs) drops most, from a max-heap, until ``overhead`` extra rows,
+``tolerance`` or ``max_points`` stops it.
+
+Ablations: ``placement="random"`` puts the same number of points on random channels;
+``represent="wider"`` instead re-quantizes the channels the placement chose at b+1 bits (true
+per-channel mixed precision), the baseline multipoint is measured against.
+
+The extra rows are counted in the report (``effective_bits``: code bits per weight, e.g.
+"W2 + 5.0 % points = 2.10 effective bits") and in the size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from lowbit import _native, calib, graph
+from lowbit.config import QuantConfig, check_bits, check_range
+from lowbit.quantizers import (
+    QuantConv2d,
+    QuantLayer,
+    QuantLinear,
+    dequantize_codes,
+    float_weight_2d,
+    round_nearest,
+    weight_grid,
+)
+from lowbit.registry import register_method
+
+PLACEMENTS = ("error", "random")
+SCALE_FITS = ("output", "weight")
+REPRESENTS = ("points", "wider")
+GRAM_BYTES_PER_PASS = 1 << 30  # Gram matrices gathered in one calibration pass
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultipointConfig(QuantConfig):
+    """Options of multipoint quantization.
+
+    bits: bit width of the extra points (None: each layer's own w_bits, the paper's setting).
+    overhead: extra point rows as a fraction of the output channels (0.05 = 5 %), apportioned
+        over the layers in proportion to their channels; None: no row budget.
+    tolerance: a channel stops once its output error <= tolerance * its output energy
+        (w_c^T H w_c); 0 disables.
+    max_points: points per channel, the base row counting as the first.
+    placement: "error" (largest output-error drop first) or "random" (the ablation).
+    scale_fit: "output" refits each point's scale to the output error; "weight" keeps the
+        sweep's weight-space optimum.
+    represent: "points" (multipoint) or "wider" (the chosen channels at w_bits + 1 instead).
+    num_samples: calibration samples behind the Gram matrices (None: all of them).
+    """
+
+    bits: int | None = None
+    overhead: float | None = 0.05
+    tolerance: float = 0.0
+    max_points: int = 4
+    placement: str = "error"
+    scale_fit: str = "output"
+    represent: str = "points"
+    num_samples: int | None = None
+
+    def validate(self) -> None:
+        check_bits("bits", self.bits, allow_none=True)
+        if self.overhead is not None:
+            check_range("overhead", self.overhead, 0, 64)
+        check_range("tolerance", self.tolerance, 0, 1)
+        check_range("max_points", self.max_points, 1, 64, integer=True)
+        for name, allowed in (("placement", PLACEMENTS), ("scale_fit", SCALE_FITS), ("represent", REPRESENTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.num_samples is not None:
+            check_range("num_samples", self.num_samples, 1, 1 << 40, integer=True)
+        if self.overhead is None and self.tolerance == 0 and self.represent == "wider":
+            raise ValueError("represent='wider' needs an overhead or a tolerance to choose channels")
+
+
+class MultipointMixin:
+    """Extra state of a multipoint layer: point rows folded into their channels, and rows kept
+    at a wider bit width (the mixed-precision baseline). Both are empty after set_codes."""
+
+    def _init_points(self) -> None:
+        K = self.codes.shape[1]
+        self.point_bits = self.w_bits
+        self.register_buffer("point_channel", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("point_codes", torch.zeros(0, K, dtype=torch.uint8))
+        self.register_buffer("point_scale", torch.zeros(0, 1))
+        self.register_buffer("point_zero", torch.zeros(0, 1))
+        self.wide_bits = self.w_bits
+        self.register_buffer("wide_channel", torch.zeros(0, dtype=torch.int64))
+        self.register_buffer("wide_codes", torch.zeros(0, K, dtype=torch.uint8))
+        self.register_buffer("wide_scale", torch.zeros(1, 1))
+        self.register_buffer("wide_zero", torch.zeros(1, 1))
+
+    @property
+    def num_points(self) -> int:
+        return int(self.point_channel.numel())
+
+    def set_points(self, channel, codes, scale, zero, bits: int) -> None:
+        """Point rows (P, K), each added to output channel ``channel[p]`` as scale * (codes - zero)."""
+        self.point_bits = int(bits)
+        self.point_channel = torch.as_tensor(np.asarray(channel), dtype=torch.int64).reshape(-1)
+        self.point_codes = torch.as_tensor(np.asarray(codes), dtype=torch.uint8).reshape(-1, self.codes.shape[1])
+        self.point_scale = torch.as_tensor(np.asarray(scale), dtype=torch.float32).reshape(-1, 1)
+        self.point_zero = torch.as_tensor(np.asarray(zero), dtype=torch.float32).reshape(-1, 1)
+
+    def set_wide(self, channel: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                 bits: int) -> None:
+        """Rows ``channel`` replaced by their own quantization at ``bits`` (scale/zero (1|n, G))."""
+        self.wide_bits = int(bits)
+        self.wide_channel = channel.to(torch.int64).reshape(-1)
+        self.wide_codes = codes.to(torch.uint8)
+        self.wide_scale = scale.float()
+        self.wide_zero = zero.float()
+
+    def set_codes(self, codes, scale, zero, w_bits) -> None:
+        super().set_codes(codes, scale, zero, w_bits)
+        self._init_points()  # points fitted to the old base would be wrong for the new one
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self.weight_override is not None:
+            return self.weight_override
+        w = dequantize_codes(self.codes, self.scale, self.zero)
+        if self.wide_channel.numel():
+            w = w.index_copy(0, self.wide_channel, dequantize_codes(self.wide_codes, self.wide_scale, self.wide_zero))
+        if self.point_channel.numel():
+            pts = (self.point_codes.float() - self.point_zero) * self.point_scale
+            w = w.index_add(0, self.point_channel, pts)
+        return w.reshape(self.weight_shape)
+
+    def code_bits(self) -> int:
+        """Weight code bits, base + points + the extra bit of the wide rows."""
+        base = self.codes.numel() * self.w_bits
+        return (base + self.point_codes.numel() * self.point_bits
+                + self.wide_codes.numel() * (self.wide_bits - self.w_bits))
+
+    @property
+    def effective_bits(self) -> float:
+        return self.code_bits() / self.codes.numel()
+
+    def extra_bytes(self) -> int:
+        """Bytes beyond the base codes and scales: point codes, an fp16 scale and zero and an
+        int16 channel index per point; the wide rows' extra bits, scales and indices."""
+        pts = (self.point_codes.numel() * self.point_bits + 7) // 8 + 6 * self.num_points
+        n_wide = int(self.wide_channel.numel())
+        wide = 0
+        if n_wide:
+            wide = (self.wide_codes.numel() * (self.wide_bits - self.w_bits) + 7) // 8
+            wide += 4 * self.wide_scale.numel() + 2 * n_wide
+        return int(pts + wide)
+
+
+class MultipointLinear(MultipointMixin, QuantLinear):
+    """QuantLinear with multipoint rows (fake-quant: the folded float weight)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._init_points()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", points={self.num_points}, wide={int(self.wide_channel.numel())}"
+
+
+class MultipointConv2d(MultipointMixin, QuantConv2d):
+    """QuantConv2d with multipoint rows (fake-quant: the folded float weight)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._init_points()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", points={self.num_points}, wide={int(self.wide_channel.numel())}"
+
+
+def to_multipoint(q: QuantLayer) -> QuantLayer:
+    """A Multipoint twin of a QuantLinear / QuantConv2d with the same codes, scales, bias and
+    input quantizer (and no points yet)."""
+    kw = dict(codes=q.codes, scale=q.scale, zero=q.zero, bias=q.bias, w_bits=q.w_bits, act_quant=q.act_quant)
+    if isinstance(q, QuantLinear):
+        return MultipointLinear(q.in_features, q.out_features, **kw)
+    if isinstance(q, QuantConv2d):
+        return MultipointConv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding, q.dilation,
+                                q.groups, **kw)
+    raise TypeError(f"cannot add points to {type(q).__name__}")
+
+
+def layer_grams(ctx, names: list[str], num_samples: int | None) -> dict[str, np.ndarray]:
+    """Gram matrices (groups, K, K) of each layer's float inputs on the calibration data,
+    gathered in as few passes as fit GRAM_BYTES_PER_PASS."""
+    shapes = {}
+    for n in names:
+        mod = ctx.fp_layer(n)
+        K = float_weight_2d(mod).shape[1]
+        shapes[n] = (getattr(mod, "groups", 1), K, K)
+    passes, cur, size = [], [], 0
+    for n in names:
+        nbytes = 4 * int(np.prod(shapes[n]))
+        if cur and size + nbytes > GRAM_BYTES_PER_PASS:
+            passes.append(cur)
+            cur, size = [], 0
+        cur.append(n)
+        size += nbytes
+    if cur:
+        passes.append(cur)
+    grams: dict[str, np.ndarray] = {}
+    for group in passes:
+        H = {n: np.zeros(shapes[n], np.float32) for n in group}
+        modules = {n: ctx.fp_layer(n) for n in group}
+
+        def on_input(name: str, x: torch.Tensor, H=H, modules=modules) -> None:
+            mod = modules[name]
+            calib.accumulate_gram(mod, x, H[name] if isinstance(mod, nn.Conv2d) else H[name][0])
+
+        with torch.no_grad(), calib.capture(modules, on_input=on_input):
+            for b in calib.chunks(ctx.batches, num_samples):
+                calib.run_model(ctx.fp_model, b)
+        grams.update(H)
+    return grams
+
+
+def apportion(total: float, sizes: list[int]) -> list[int]:
+    """Integer budgets proportional to sizes summing to round(total) (largest remainder; ties
+    to the earlier layer)."""
+    whole = sum(sizes)
+    if whole == 0:
+        return [0] * len(sizes)
+    quotas = [total * s / whole for s in sizes]
+    out = [int(np.floor(q)) for q in quotas]
+    left = int(round(total)) - sum(out)
+    order = sorted(range(len(sizes)), key=lambda i: (-(quotas[i] - out[i]), i))
+    for i in order[:max(left, 0)]:
+        out[i] += 1
+    return out
+
+
+@register_method("multipoint", MultipointConfig, "extra low-bit points on the channels with the largest output error")
+def run(ctx, config: MultipointConfig) -> None:
+    """Extra low-bit points on the channels with the largest output error."""
+    names = [s.name for s in ctx.layers if ctx.qlayer(s.name).w_bits < 8]
+    skipped = [s.name for s in ctx.layers if s.name not in names]
+    for n in skipped:
+        ctx.note(n, multipoint="skipped: 8-bit layer")
+    if not names:
+        return
+    grams = layer_grams(ctx, names, config.num_samples)
+    rows = {n: ctx.qlayer(n).codes.shape[0] for n in names}
+    if config.overhead is not None:
+        budgets = dict(zip(names, apportion(config.overhead * sum(rows.values()), [rows[n] for n in names])))
+    else:
+        budgets = {n: rows[n] * (config.max_points - 1) for n in names}
+
+    for i, name in enumerate(ctx.progress(names, desc="multipoint", leave=False)):
+        q = ctx.qlayer(name)
+        bits = config.bits or q.w_bits
+        W = float_weight_2d(ctx.fp_layer(name))
+        base = dequantize_codes(q.codes, q.scale, q.zero)
+        C = W.shape[0]
+        order = None
+        if config.placement == "random":
+            rng = np.random.default_rng([ctx.settings.seed, i])
+            order = np.concatenate([rng.permutation(C) for _ in range(config.max_points - 1)]).astype(np.int32)
+        res = _native.multipoint_build(
+            W, base, grams[name], bits, budget=budgets[name], tolerance=config.tolerance,
+            max_points=config.max_points, output_scale=config.scale_fit == "output", order=order)
+        new = to_multipoint(q)
+        if config.represent == "points":
+            new.set_points(res["channel"], res["codes"], res["scale"], res["zero"], bits)
+            err_after = float(res["err_after"].sum())
+        else:
+            chosen = torch.from_numpy(np.unique(res["channel"]).astype(np.int64))
+            if chosen.numel():
+                spec = ctx.spec(name)
+                wb = q.w_bits + 1
+                rows_w = W if spec.granularity == "tensor" else W[chosen]
+                scale, zero = weight_grid(rows_w, wb, spec.granularity, spec.group_size, spec.symmetric)
+                new.set_wide(chosen, round_nearest(W[chosen], scale, zero, wb), scale, zero, wb)
+            wq = new.weight.detach().reshape(C, -1)
+            err_after = float(_grouped_loss(W - wq, grams[name]).sum())
+        graph.set_module(ctx.qmodel, name, new)
+        err_before = float(res["err_before"].sum())
+        ctx.report[name].method = "multipoint"
+        ctx.note(name, points=new.num_points, point_overhead=round(new.num_points / C, 4), effective_bits=round(new.effective_bits, 4),
+                 wide_channels=int(new.wide_channel.numel()),
+                 output_error_drop=round(1 - err_after / err_before, 4) if err_before > 0 else 0.0)
+
+    mp = [ctx.qlayer(n) for n in names]
+    points = sum(m.num_points for m in mp)
+    wide = sum(int(m.wide_channel.numel()) for m in mp)
+    total_rows = sum(rows.values())
+    eff = sum(m.code_bits() for m in mp) / sum(m.codes.numel() for m in mp)
+    wb = ctx.settings.w_bits
+    what = f"{100 * points / total_rows:.1f} % points" if config.represent == "points" else \
+        f"{100 * wide / total_rows:.1f} % channels at W{wb + 1}"
+    ctx.report.meta["multipoint"] = {
+        "layers": len(names), "rows": total_rows, "points": points, "wide_channels": wide,
+        "overhead": round(points / total_rows, 4), "effective_bits": round(eff, 4),
+        "summary": f"W{wb} + {what} = {eff:.2f} effective bits",
+    }
+
+
+def _grouped_loss(dW: torch.Tensor, H: np.ndarray) -> np.ndarray:
+    """Per channel dW_c^T H_g dW_c with channel c in group g = c / (C / groups)."""
+    groups = H.shape[0]
+    per = dW.shape[0] // groups
+    return np.concatenate([_native.hessian_loss(dW[g * per:(g + 1) * per], H[g]) for g in range(groups)])
