@@ -30,6 +30,7 @@ void bind_multipoint(py::module_& m) {
       "multipoint_build",
       [](const Array<float>& W, const Array<float>& base, const Array<float>& H, int bits,
          int64_t budget, double tolerance, int max_points, bool output_scale, py::object order,
+         py::object g0, py::object e0,
          Array<int32_t>& channel, Array<float>& scale, Array<float>& zero, Array<uint8_t>& codes,
          Array<float>& gain, Array<float>& err_before, Array<float>& err_after) {
         auto wv = matrix_in(W, "W");
@@ -61,6 +62,23 @@ void bind_multipoint(py::module_& m) {
           opt.order = o.data();  // `order` (the Python object) keeps the buffer alive
           opt.order_len = o.shape(0);
         }
+        if (g0.is_none() != e0.is_none())
+          throw py::value_error("g0 and e0 must be given together");
+        if (!g0.is_none()) {
+          auto as_f32 = [](py::object o, const char* name) {
+            if (!py::isinstance<Array<float>>(o) ||
+                !(py::cast<py::array>(o).flags() & py::array::c_style) ||
+                !py::cast<py::array>(o).dtype().is(py::dtype::of<float>()))
+              throw py::type_error(std::string(name) + " must be a C-contiguous float32 array or None");
+            return py::cast<Array<float>>(o);
+          };
+          auto ga = as_f32(g0, "g0");
+          auto ea = as_f32(e0, "e0");
+          check_shape(ga, {C, d}, "g0");
+          check_shape(ea, {C}, "e0");
+          opt.g0 = ga.data();  // the Python objects keep the buffers alive
+          opt.e0 = ea.data();
+        }
         MultipointPoints pts{mutable_ptr(channel, "channel"), mutable_ptr(scale, "scale"),
                              mutable_ptr(zero, "zero"), matrix_out(codes, "codes"), nullptr};
         float* g = mutable_ptr(gain, "gain");
@@ -86,7 +104,8 @@ void bind_multipoint(py::module_& m) {
       },
       py::arg("W").noconvert(), py::arg("base").noconvert(), py::arg("H").noconvert(),
       py::arg("bits"), py::arg("budget"), py::arg("tolerance"), py::arg("max_points"),
-      py::arg("output_scale"), py::arg("order"), py::arg("channel").noconvert(),
+      py::arg("output_scale"), py::arg("order"), py::arg("g0"), py::arg("e0"),
+      py::arg("channel").noconvert(),
       py::arg("scale").noconvert(), py::arg("zero").noconvert(), py::arg("codes").noconvert(),
       py::arg("gain").noconvert(), py::arg("err_before").noconvert(),
       py::arg("err_after").noconvert());

@@ -222,11 +222,14 @@ def multipoint_build(
     max_points: int = 2,
     output_scale: bool = True,
     order: ArrayLike | None = None,
+    g0: ArrayLike | None = None,
+    e0: ArrayLike | None = None,
 ) -> dict[str, np.ndarray]:
     """Greedy multipoint construction of one layer (multipoint.h ``multipoint_build``).
 
     W, base (C, d): float rows and their base approximation; H (d, d) or (groups, d, d).
     ``order`` (int32 channels) switches from error-driven placement to offers in that order.
+    ``g0`` (C, d) and ``e0`` (C,): the asymmetric start (quantized inputs, float targets).
     Returns channel, scale, zero, codes, gain for the points added (in order) and the
     per-channel output errors err_before / err_after.
     """
@@ -250,7 +253,9 @@ def multipoint_build(
     err_after = np.empty(C, np.float32)
     n = _C.multipoint_build(
         w, b, h, int(bits), budget, float(tolerance), int(max_points), bool(output_scale),
-        None if order is None else as_i32(order).reshape(-1), out["channel"], out["scale"],
+        None if order is None else as_i32(order).reshape(-1),
+        None if g0 is None else as_2d(as_f32(g0)), None if e0 is None else as_f32(e0).reshape(-1),
+        out["channel"], out["scale"],
         out["zero"], out["codes"], out["gain"], err_before, err_after,
     )
     res = {k: v[:n] for k, v in out.items()}

@@ -153,8 +153,9 @@ def multipoint_sweep(R, bits):
 
 
 def multipoint_build(W, base, H, bits, *, budget, tolerance=0.0, max_points=2, output_scale=True,
-                     order=None):
-    """The greedy of multipoint.h in plain Python: the same rules, e recomputed as delta^T H delta."""
+                     order=None, g0=None, e0=None):
+    """The greedy of multipoint.h in plain Python: the same rules, g = g0 - H (delta0 - delta)
+    recomputed from the residual at every candidate."""
     import heapq
 
     W = np.asarray(W, np.float32)
@@ -166,7 +167,12 @@ def multipoint_build(W, base, H, bits, *, budget, tolerance=0.0, max_points=2, o
     Hc = lambda c: H[c // per_group]  # noqa: E731
     top = 2**bits - 1
     delta = (W - base).astype(np.float32)
-    e = np.array([delta[c].astype(np.float64) @ Hc(c) @ delta[c] for c in range(C)])
+    delta0 = delta.astype(np.float64)
+    if g0 is None:
+        g0 = np.stack([Hc(c) @ delta0[c] for c in range(C)]) if C else np.zeros((0, d))
+        e = np.array([delta0[c] @ Hc(c) @ delta0[c] for c in range(C)])
+    else:
+        g0, e = np.asarray(g0, np.float64), np.asarray(e0, np.float64).copy()
     e_before = e.copy()
     energy = np.array([W[c].astype(np.float64) @ Hc(c) @ W[c] for c in range(C)])
     n = np.ones(C, int)
@@ -180,7 +186,7 @@ def multipoint_build(W, base, H, bits, *, budget, tolerance=0.0, max_points=2, o
         if not a > 0:
             return None
         q = codes.astype(np.float64) - z
-        g = Hc(c) @ delta[c].astype(np.float64)
+        g = g0[c] - Hc(c) @ (delta0[c] - delta[c].astype(np.float64))
         qg, qhq = q @ g, q @ Hc(c) @ q
         if output_scale and qhq > 0:
             ad = qg / qhq

@@ -77,18 +77,20 @@ def test_multipoint_beats_nearest_at_w2(digits, granularity):
     near = quant(m, calib, granularity=granularity)
     mp = quant(m, calib, "multipoint", granularity=granularity, overhead=0.1)
     rep_n, rep_m = lowbit.report(near), lowbit.report(mp)
-    # Every layer that got points: lower output error, on the float inputs the points were
-    # fitted to (the note) and in the report's measure with quantized-network inputs.
+    # Every layer that got points: lower output error, in the method's own estimate (the note)
+    # and in the report's independent measure (quantized-network inputs, float targets).
     for row in rep_m.layers:
         if row.extra["points"]:
-            assert row.extra["output_error_drop"] > 0.05, row.name
+            assert row.extra["output_error_drop"] > 0, row.name
             assert row.recon_error < rep_n[row.name].recon_error, row.name
     assert sum(r.extra["points"] > 0 for r in rep_m.layers) >= 4
+    assert rep_m.meta["configs"][0]["inputs"] == "quantized"
     if granularity == "tensor":
-        # End to end on held-out digits (measured: 0.23 vs 0.30). Per channel the logits'
-        # error moves by less than the noise of this tiny model (0.1494 vs 0.1495), so
-        # only the per-layer errors above are claimed there.
+        # End to end on held-out digits (measured: 0.218 vs 0.297).
         assert out_err(m, mp, x) < 0.9 * out_err(m, near, x)
+    else:
+        # Measured 0.117 vs 0.150 with quantized inputs (0.1494 vs 0.1495 with float ones).
+        assert out_err(m, mp, x) < 0.95 * out_err(m, near, x)
     assert isinstance(mp.c2, MultipointConv2d) and isinstance(mp.fc1, MultipointLinear)
     # the budget: round(10 % of the rows), and the bits it costs
     meta = rep_m.meta["multipoint"]
@@ -125,10 +127,15 @@ def test_wider_baseline_and_modes(digits):
     assert 2 < meta["effective_bits"] < lowbit.report(mp).meta["multipoint"]["effective_bits"]
     for row in lowbit.report(wide).layers:
         if row.extra["wide_channels"]:
-            assert row.extra["output_error_drop"] > 0.05, row.name
-    # the wide rows are the same channels the points went to
-    for name in ("c2", "c3", "fc1"):
-        a, b = getattr(mp, name), getattr(wide, name)
+            assert row.extra["output_error_drop"] > 0, row.name
+    # the wide rows are the channels the points went to (with quantized inputs, layers after
+    # the first see different inputs in the two models, so compare the first, and all layers
+    # with float inputs)
+    assert set(mp.c1.point_channel.tolist()) == set(wide.c1.wide_channel.tolist())
+    mp_f = quant(m, calib, "multipoint", overhead=0.1, inputs="float")
+    wide_f = quant(m, calib, "multipoint", overhead=0.1, inputs="float", represent="wider")
+    for name in ("c1", "c2", "c3", "fc1"):
+        a, b = getattr(mp_f, name), getattr(wide_f, name)
         assert set(a.point_channel.tolist()) == set(b.wide_channel.tolist())
     # tolerance alone (no row budget): every layer stops by its own rule
     tol = quant(m, calib, "multipoint", overhead=None, tolerance=0.02, max_points=3)

@@ -163,3 +163,47 @@ def test_boundary_errors():
         _native._C.multipoint_sweep(W.astype(np.float64), 2, np.empty(4, np.float32),
                                     np.empty(4, np.float32), np.empty((4, 6), np.uint8),
                                     np.empty(4, np.float32))
+
+
+def test_build_asymmetric_start():
+    """Quantized inputs xq, float targets: with g0 = C w - H w~ and e0 the true errors, the
+    gains track ||X w - Xq w~||^2 exactly as the points are added."""
+    rng = np.random.default_rng(11)
+    C, d, n = 9, 14, 120
+    W = rng.standard_normal((C, d)).astype(np.float32)
+    base = _base(W, 2, rows=C)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    Xq = (X + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    H = np.zeros((d, d), np.float32)
+    Cq = np.zeros((d, d), np.float32)
+    _native.gram_accumulate(Xq, H)
+    _native.cross_gram_accumulate(Xq, X, Cq)
+    g0 = (W @ Cq.T - base @ H).astype(np.float32)  # row c: C w_c - H w~_c
+
+    def true_err(w_tilde):
+        return ((X.astype(np.float64) @ W.T - Xq.astype(np.float64) @ w_tilde.T) ** 2).sum(0)
+
+    e0 = true_err(base.astype(np.float64)).astype(np.float32)
+    kw = dict(budget=8, max_points=3, g0=g0, e0=e0)
+    a = _native.multipoint_build(W, base, H, 2, **kw)
+    b = reference.multipoint_build(W, base, H, 2, **kw)
+    np.testing.assert_array_equal(a["channel"], b["channel"])
+    np.testing.assert_array_equal(a["codes"], b["codes"])
+    np.testing.assert_allclose(a["scale"], b["scale"], rtol=1e-5)
+    w_tilde = base.astype(np.float64).copy()
+    for c, s, z, q in zip(a["channel"], a["scale"], a["zero"], a["codes"]):
+        w_tilde[c] += float(s) * (q.astype(np.float64) - float(z))
+    np.testing.assert_allclose(a["err_after"], true_err(w_tilde), rtol=1e-3, atol=1e-3 * float(e0.max()))
+    assert a["err_after"].sum() < e0.sum()
+    # the symmetric default is the case g0 = H delta, e0 = delta^T H delta
+    d0 = (W - base).astype(np.float64)
+    sym = _native.multipoint_build(W, base, H, 2, budget=8, max_points=3)
+    expl = _native.multipoint_build(W, base, H, 2, budget=8, max_points=3,
+                                    g0=(d0 @ H).astype(np.float32),
+                                    e0=np.einsum("cd,de,ce->c", d0, H.astype(np.float64), d0).astype(np.float32))
+    np.testing.assert_array_equal(sym["channel"], expl["channel"])
+    np.testing.assert_array_equal(sym["codes"], expl["codes"])
+    with pytest.raises(ValueError, match="together"):
+        _native.multipoint_build(W, base, H, 2, budget=1, g0=g0)
+    with pytest.raises(ValueError, match="g0 must have shape"):
+        _native.multipoint_build(W, base, H, 2, budget=1, g0=g0[:3], e0=e0)

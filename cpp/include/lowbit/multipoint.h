@@ -46,6 +46,12 @@ struct MultipointOptions {
   // still allowed adds one point. null: placement by the largest output-error drop.
   const int32_t* order = nullptr;
   int64_t order_len = 0;
+  // Asymmetric start (quantized inputs xq, float targets): with g0 (C, d) = C_qf w_c - H w~_c
+  // (C_qf the cross-Gram sum xq x^T, H that of xq) and e0 (C,) = the output errors
+  // ||w^T x - w~^T xq||^2, the gain of a point a q is 2 a q^T g - a^2 q^T H q exactly as in
+  // the symmetric case (where g0 = H delta and e0 = delta^T H delta, computed when null).
+  const float* g0 = nullptr;
+  const float* e0 = nullptr;
 };
 
 // The points chosen, in the order they were added. Arrays hold `budget` entries (rows).

@@ -156,6 +156,7 @@ int64_t multipoint_build(ConstMatrixView<float> W, ConstMatrixView<float> base, 
   LOWBIT_CHECK(out.codes.rows >= opt.budget && out.codes.cols == d,
                "point codes must be (" << opt.budget << ", " << d << "), got (" << out.codes.rows
                                        << ", " << out.codes.cols << ")");
+  LOWBIT_CHECK((opt.g0 == nullptr) == (opt.e0 == nullptr), "g0 and e0 come together");
   for (int64_t i = 0; i < opt.order_len; ++i)
     LOWBIT_CHECK(opt.order[i] >= 0 && opt.order[i] < C,
                  "order[" << i << "] = " << opt.order[i] << " is not a channel in [0, " << C
@@ -186,13 +187,18 @@ int64_t multipoint_build(ConstMatrixView<float> W, ConstMatrixView<float> base, 
         delta[j] = W(c, j) - base(c, j);
         resid[sz(c * d + j)] = delta[j];
       }
-      const Eigen::VectorXf hd = h * delta;
-      double ec = 0.0;
-      for (int64_t j = 0; j < d; ++j) {
-        g[sz(c * d + j)] = hd[j];
-        ec += double(delta[j]) * double(hd[j]);
+      if (opt.g0 != nullptr) {
+        for (int64_t j = 0; j < d; ++j) g[sz(c * d + j)] = opt.g0[c * d + j];
+        e[sz(c)] = opt.e0[c];
+      } else {
+        const Eigen::VectorXf hd = h * delta;
+        double ec = 0.0;
+        for (int64_t j = 0; j < d; ++j) {
+          g[sz(c * d + j)] = hd[j];
+          ec += double(delta[j]) * double(hd[j]);
+        }
+        e[sz(c)] = ec;
       }
-      e[sz(c)] = ec;
       if (opt.tolerance > 0) {
         const Eigen::VectorXf hw = h * w;
         double en = 0.0;

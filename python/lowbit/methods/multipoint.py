@@ -9,9 +9,12 @@ rows, the points, each with its own scale:
 All points share the layer's bit width, so the same integer kernel runs them ("mixed precision
 without mixed-precision hardware"). Each point is the exact optimum of the residual fit (the
 breakpoint sweep of section 5.2, in C++), its scale refit to the layer's output error; points
-go to the channels whose output error ``(w_c - w~_c)^T H (w_c - w~_c)`` (H the Gram matrix of
-the layer's calibration inputs) drops most, from a max-heap, until ``overhead`` extra rows,
-``tolerance`` or ``max_points`` stops it.
+go to the channels whose output error drops most, from a max-heap, until ``overhead`` extra
+rows, ``tolerance`` or ``max_points`` stops it. The output error of channel c is
+``||w_c^T x - w~_c^T xq||^2`` over the calibration set, with x the float network's input to the
+layer and xq the quantized network's (layers in order, so points also absorb the error that
+arrives from earlier layers; QDrop's "quantized inputs, float targets"), or with xq = x
+(``inputs="float"``: ``(w_c - w~_c)^T H (w_c - w~_c)``, one calibration pass for all layers).
 
 Ablations: ``placement="random"`` puts the same number of points on random channels;
 ``represent="wider"`` instead re-quantizes the channels the placement chose at b+1 bits (true
@@ -43,6 +46,7 @@ from lowbit.quantizers import (
 from lowbit.registry import register_method
 
 PLACEMENTS = ("error", "random")
+INPUTS = ("float", "quantized")
 SCALE_FITS = ("output", "weight")
 REPRESENTS = ("points", "wider")
 GRAM_BYTES_PER_PASS = 1 << 30  # Gram matrices gathered in one calibration pass
@@ -62,6 +66,10 @@ class MultipointConfig(QuantConfig):
     scale_fit: "output" refits each point's scale to the output error; "weight" keeps the
         sweep's weight-space optimum.
     represent: "points" (multipoint) or "wider" (the chosen channels at w_bits + 1 instead).
+    inputs: "float": the output error on the float network's inputs (one calibration pass);
+        "quantized": on the inputs the quantized network feeds each layer, against the float
+        targets (layers in order, each after the ones before it got their points; two passes
+        per layer), so points also make up for the error arriving from earlier layers.
     num_samples: calibration samples behind the Gram matrices (None: all of them).
     """
 
@@ -72,6 +80,7 @@ class MultipointConfig(QuantConfig):
     placement: str = "error"
     scale_fit: str = "output"
     represent: str = "points"
+    inputs: str = "quantized"
     num_samples: int | None = None
 
     def validate(self) -> None:
@@ -80,7 +89,8 @@ class MultipointConfig(QuantConfig):
             check_range("overhead", self.overhead, 0, 64)
         check_range("tolerance", self.tolerance, 0, 1)
         check_range("max_points", self.max_points, 1, 64, integer=True)
-        for name, allowed in (("placement", PLACEMENTS), ("scale_fit", SCALE_FITS), ("represent", REPRESENTS)):
+        for name, allowed in (("placement", PLACEMENTS), ("scale_fit", SCALE_FITS), ("represent", REPRESENTS),
+                              ("inputs", INPUTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.num_samples is not None:
@@ -233,6 +243,54 @@ def layer_grams(ctx, names: list[str], num_samples: int | None) -> dict[str, np.
     return grams
 
 
+def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
+                     num_samples: int | None):
+    """H of the quantized network's inputs to layer `name` (after its input quantizer), and the
+    start g0 = C w - H w~, e0 = ||w^T x - w~^T xq||^2 per channel (C = sum xq x^T) of
+    multipoint_build's asymmetric mode, and a function giving those errors for any w~.
+    Two passes (float and quantized model) per batch."""
+    fp_mod = ctx.fp_layer(name)
+    groups = getattr(fp_mod, "groups", 1)
+    K = W.shape[1]
+    shape = (groups, K, K)
+    Hqq, Cqf, Hff = (np.zeros(shape, np.float32) for _ in range(3))
+    conv = isinstance(fp_mod, nn.Conv2d)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(_name: str, x: torch.Tensor) -> None:
+        seen["x"] = x
+
+    with torch.no_grad():
+        for b in calib.chunks(ctx.batches, num_samples):
+            with calib.capture({name: fp_mod}, on_input=keep):
+                calib.run_model(ctx.fp_model, b)
+            x = seen.pop("x")
+            with calib.capture({name: q}, on_input=keep):
+                calib.run_model(ctx.qmodel, b)
+            xq = q.quantize_input(seen.pop("x"))
+            for H, a, b2 in ((Hqq, xq, None), (Cqf, xq, x), (Hff, x, None)):
+                calib.accumulate_gram(fp_mod, a, H if conv else H[0], x2=b2)
+    C = W.shape[0]
+    per = C // groups
+    w = W.double()
+    mats = [tuple(torch.from_numpy(M[g]).double() for M in (Hqq, Cqf, Hff)) for g in range(groups)]
+
+    def errors(w_tilde: torch.Tensor) -> torch.Tensor:
+        wt = w_tilde.double()
+        e = torch.empty(C, dtype=torch.float64)
+        for g, (h, c, f) in enumerate(mats):
+            r = slice(g * per, (g + 1) * per)
+            cw = w[r] @ c.T  # row: C w
+            e[r] = ((w[r] @ f) * w[r]).sum(1) - 2 * (wt[r] * cw).sum(1) + ((wt[r] @ h) * wt[r]).sum(1)
+        return e.clamp_min(0)
+
+    g0 = torch.empty(C, K, dtype=torch.float64)
+    for g, (h, c, _) in enumerate(mats):
+        r = slice(g * per, (g + 1) * per)
+        g0[r] = w[r] @ c.T - base[r].double() @ h
+    return Hqq, g0.float().numpy(), errors(base).float().numpy(), errors
+
+
 def apportion(total: float, sizes: list[int]) -> list[int]:
     """Integer budgets proportional to sizes summing to round(total) (largest remainder; ties
     to the earlier layer)."""
@@ -257,7 +315,7 @@ def run(ctx, config: MultipointConfig) -> None:
         ctx.note(n, multipoint="skipped: 8-bit layer")
     if not names:
         return
-    grams = layer_grams(ctx, names, config.num_samples)
+    grams = layer_grams(ctx, names, config.num_samples) if config.inputs == "float" else {}
     rows = {n: ctx.qlayer(n).codes.shape[0] for n in names}
     if config.overhead is not None:
         budgets = dict(zip(names, apportion(config.overhead * sum(rows.values()), [rows[n] for n in names])))
@@ -274,9 +332,18 @@ def run(ctx, config: MultipointConfig) -> None:
         if config.placement == "random":
             rng = np.random.default_rng([ctx.settings.seed, i])
             order = np.concatenate([rng.permutation(C) for _ in range(config.max_points - 1)]).astype(np.int32)
+        g0 = e0 = None
+        if config.inputs == "quantized":
+            grams[name], g0, e0, errors = asymmetric_start(ctx, name, q, W, base, config.num_samples)
+        else:
+            H = grams[name]
+
+            def errors(w_tilde: torch.Tensor, H=H, W=W) -> torch.Tensor:
+                return torch.from_numpy(_grouped_loss(W - w_tilde, H))
         res = _native.multipoint_build(
             W, base, grams[name], bits, budget=budgets[name], tolerance=config.tolerance,
-            max_points=config.max_points, output_scale=config.scale_fit == "output", order=order)
+            max_points=config.max_points, output_scale=config.scale_fit == "output", order=order,
+            g0=g0, e0=e0)
         new = to_multipoint(q)
         if config.represent == "points":
             new.set_points(res["channel"], res["codes"], res["scale"], res["zero"], bits)
@@ -290,7 +357,7 @@ def run(ctx, config: MultipointConfig) -> None:
                 scale, zero = weight_grid(rows_w, wb, spec.granularity, spec.group_size, spec.symmetric)
                 new.set_wide(chosen, round_nearest(W[chosen], scale, zero, wb), scale, zero, wb)
             wq = new.weight.detach().reshape(C, -1)
-            err_after = float(_grouped_loss(W - wq, grams[name]).sum())
+            err_after = float(errors(wq).sum())
         graph.set_module(ctx.qmodel, name, new)
         err_before = float(res["err_before"].sum())
         ctx.report[name].method = "multipoint"
