@@ -243,6 +243,30 @@ def layer_grams(ctx, names: list[str], num_samples: int | None) -> dict[str, np.
     return grams
 
 
+class _Captured(Exception):
+    """Ends a forward pass once the wanted layer's input is seen."""
+
+    def __init__(self, x: torch.Tensor):
+        super().__init__()
+        self.x = x
+
+
+def input_of(model: nn.Module, module: nn.Module, batch: calib.Batch) -> torch.Tensor:
+    """The input `module` receives when `model` runs `batch`; the pass stops right there."""
+
+    def stop(_m, args):
+        raise _Captured(args[0])
+
+    handle = module.register_forward_pre_hook(stop)
+    try:
+        model(*batch.args, **batch.kwargs)
+    except _Captured as got:
+        return got.x
+    finally:
+        handle.remove()
+    raise RuntimeError(f"the calibration pass never reached layer {type(module).__name__}")
+
+
 def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
                      num_samples: int | None):
     """H of the quantized network's inputs to layer `name` (after its input quantizer), and the
@@ -255,19 +279,10 @@ def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch
     shape = (groups, K, K)
     Hqq, Cqf, Hff = (np.zeros(shape, np.float32) for _ in range(3))
     conv = isinstance(fp_mod, nn.Conv2d)
-    seen: dict[str, torch.Tensor] = {}
-
-    def keep(_name: str, x: torch.Tensor) -> None:
-        seen["x"] = x
-
     with torch.no_grad():
         for b in calib.chunks(ctx.batches, num_samples):
-            with calib.capture({name: fp_mod}, on_input=keep):
-                calib.run_model(ctx.fp_model, b)
-            x = seen.pop("x")
-            with calib.capture({name: q}, on_input=keep):
-                calib.run_model(ctx.qmodel, b)
-            xq = q.quantize_input(seen.pop("x"))
+            x = input_of(ctx.fp_model, fp_mod, b)
+            xq = q.quantize_input(input_of(ctx.qmodel, q, b))
             for H, a, b2 in ((Hqq, xq, None), (Cqf, xq, x), (Hff, x, None)):
                 calib.accumulate_gram(fp_mod, a, H if conv else H[0], x2=b2)
     C = W.shape[0]
