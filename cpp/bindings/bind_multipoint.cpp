@@ -7,6 +7,19 @@ namespace lowbit::bind {
 
 void bind_multipoint(py::module_& m) {
   m.def(
+      "multipoint_fold",
+      [](const Array<float>& y_ext, const Array<int32_t>& channel, Array<float>& out) {
+        auto yv = matrix_in(y_ext, "y_ext");
+        check_ndim(channel, 1, "channel");
+        const int64_t P = channel.shape(0);
+        check_shape(out, {yv.rows, yv.cols - P}, "out");
+        auto ov = matrix_out(out, "out");
+        const int32_t* ch = channel.data();
+        py::gil_scoped_release release;
+        multipoint_fold(yv, ch, P, ov);
+      },
+      py::arg("y_ext").noconvert(), py::arg("channel").noconvert(), py::arg("out").noconvert());
+  m.def(
       "multipoint_sweep",
       [](const Array<float>& R, int bits, Array<float>& scale, Array<float>& zero,
          Array<uint8_t>& codes, Array<float>& err) {

@@ -261,3 +261,15 @@ def multipoint_build(
     res = {k: v[:n] for k, v in out.items()}
     res["err_before"], res["err_after"] = err_before, err_after
     return res
+
+
+def multipoint_fold(y_ext: ArrayLike, channel: ArrayLike) -> np.ndarray:
+    """out (M, N) = the first N columns of y_ext (M, N + P) plus, for each point p in order,
+    column N + p added into column channel[p] (the segmented sum of packed multipoint)."""
+    y = as_2d(as_f32(y_ext))
+    ch = as_i32(channel).reshape(-1)
+    if ch.size > y.shape[1]:
+        raise ValueError(f"{ch.size} points but y_ext has only {y.shape[1]} columns")
+    out = np.empty((y.shape[0], y.shape[1] - ch.size), np.float32)
+    _C.multipoint_fold(y, ch, out)
+    return out

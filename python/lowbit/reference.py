@@ -230,3 +230,13 @@ def multipoint_build(W, base, H, bits, *, budget, tolerance=0.0, max_points=2, o
         "err_before": e_before.astype(np.float32),
         "err_after": e.astype(np.float32),
     }
+
+
+def multipoint_fold(y_ext, channel):
+    y = np.asarray(y_ext, np.float32)
+    channel = np.asarray(channel).reshape(-1)
+    N = y.shape[1] - channel.size
+    out = y[:, :N].copy()
+    for p, c in enumerate(channel):
+        out[:, c] += y[:, N + p]
+    return out

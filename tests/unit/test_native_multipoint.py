@@ -207,3 +207,22 @@ def test_build_asymmetric_start():
         _native.multipoint_build(W, base, H, 2, budget=1, g0=g0)
     with pytest.raises(ValueError, match="g0 must have shape"):
         _native.multipoint_build(W, base, H, 2, budget=1, g0=g0[:3], e0=e0)
+
+
+def test_fold_matches_reference():
+    rng = np.random.default_rng(12)
+    for M, N, P in ((1, 1, 0), (5, 7, 3), (130, 33, 9)):
+        y = rng.standard_normal((M, N + P)).astype(np.float32)
+        ch = rng.integers(0, N, P).astype(np.int32)
+        out = _native.multipoint_fold(y, ch)
+        np.testing.assert_array_equal(out, reference.multipoint_fold(y, ch))  # same order of adds
+    runs = []
+    for n in (1, 2):
+        _native.set_num_threads(n)
+        try:
+            runs.append(_native.multipoint_fold(y, ch))
+        finally:
+            _native.set_num_threads(0)
+    np.testing.assert_array_equal(*runs)
+    with pytest.raises(ValueError, match=r"channel\[0\] = 41 is not a channel in \[0, 41\)"):
+        _native.multipoint_fold(y, np.array([41], np.int32))  # y has 42 columns: N = 41

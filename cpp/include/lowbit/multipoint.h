@@ -74,4 +74,12 @@ int64_t multipoint_build(ConstMatrixView<float> W, ConstMatrixView<float> base, 
                          int64_t groups, const MultipointOptions& opt, MultipointPoints out,
                          double* err_before, double* err_after);
 
+// The segmented sum that folds the rows of an expanded product back into channels (packed
+// inference, section 5.4): with the point rows stacked under the N base rows of one packed
+// matrix, y_ext (M, N + P) = x W_ext^T carries each row's own scale already, and
+//   out[m][c] = y_ext[m][c] + sum over p with channel[p] = c, in order, of y_ext[m][N + p].
+// Parallel over rows of y_ext; every output is summed in the same order at any thread count.
+void multipoint_fold(ConstMatrixView<float> y_ext, const int32_t* channel, int64_t P,
+                     MatrixView<float> out);
+
 }  // namespace lowbit

@@ -317,4 +317,23 @@ int64_t multipoint_build(ConstMatrixView<float> W, ConstMatrixView<float> base, 
   return count;
 }
 
+void multipoint_fold(ConstMatrixView<float> y_ext, const int32_t* channel, int64_t P,
+                     MatrixView<float> out) {
+  const int64_t N = out.cols;
+  LOWBIT_CHECK(P >= 0 && y_ext.cols == N + P && y_ext.rows == out.rows,
+               "y_ext must be (" << out.rows << ", " << N + P << "), got (" << y_ext.rows << ", "
+                                 << y_ext.cols << ")");
+  for (int64_t p = 0; p < P; ++p)
+    LOWBIT_CHECK(channel[p] >= 0 && channel[p] < N,
+                 "channel[" << p << "] = " << channel[p] << " is not a channel in [0, " << N << ")");
+  parallel_for(0, out.rows, 64, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* y = y_ext.row(m);
+      float* o = out.row(m);
+      std::copy(y, y + N, o);
+      for (int64_t p = 0; p < P; ++p) o[channel[p]] += y[N + p];
+    }
+  });
+}
+
 }  // namespace lowbit
