@@ -1,5 +1,6 @@
 """method="multipoint" on a small CNN trained on scikit-learn's digits (offline, seconds)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -159,3 +160,44 @@ def test_config_errors():
     with pytest.raises(ValueError, match="unknown option"):
         MultipointConfig.from_dict({"overhed": 0.1})
     assert "multipoint" in lowbit.list_methods()
+
+
+def test_asymmetric_start_matches_direct_errors(digits):
+    """g0 and e0 from one Gram + autograd: errors(w~) = ||Y - Xq w~^T||^2 per channel, measured
+    directly on the same calibration samples, for the base and for another weight."""
+    from lowbit.methods import multipoint as mp_mod
+
+    m, calib, _ = digits
+    seen = {}
+
+    def spy(ctx, config):
+        name = "c2"
+        q = ctx.qlayer(name)
+        W = mp_mod.float_weight_2d(ctx.fp_layer(name))
+        base = mp_mod.dequantize_codes(q.codes, q.scale, q.zero)
+        H, g0, e0, errors = mp_mod.asymmetric_start(ctx, name, q, W, base, 128)
+        fp_mod = ctx.fp_layer(name)
+        other = base + 0.01 * torch.randn(base.shape, generator=torch.Generator().manual_seed(0))
+        direct = {"base": torch.zeros(W.shape[0], dtype=torch.float64), "other": torch.zeros(W.shape[0], dtype=torch.float64)}
+        for b in mp_mod.calib.chunks(ctx.batches, 128):
+            with torch.no_grad():
+                x = mp_mod.input_of(ctx.fp_model, fp_mod, b)
+                xq = q.quantize_input(mp_mod.input_of(ctx.qmodel, q, b))
+                y = mp_mod._layer_out(fp_mod, x, W.reshape(fp_mod.weight.shape)).double()
+                for k, wt in (("base", base), ("other", other)):
+                    yq = mp_mod._layer_out(fp_mod, xq, wt.reshape(fp_mod.weight.shape)).double()
+                    direct[k] += (y - yq).pow(2).sum(dim=[0, 2, 3])
+        seen.update(e0=e0, base=errors(base), other=errors(other), direct=direct)
+
+    from lowbit.registry import _METHODS
+
+    spec = _METHODS["multipoint"]
+    _METHODS["multipoint"] = spec.__class__(spec.name, spec.config_cls, spy, spec.summary)
+    try:
+        quant(m, calib, "multipoint")
+    finally:
+        _METHODS["multipoint"] = spec
+    scale = float(seen["direct"]["base"].max())
+    np.testing.assert_allclose(seen["e0"], seen["direct"]["base"].numpy(), rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(seen["base"].numpy(), seen["direct"]["base"].numpy(), rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(seen["other"].numpy(), seen["direct"]["other"].numpy(), rtol=1e-3, atol=1e-4 * scale)

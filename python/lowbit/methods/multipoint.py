@@ -70,7 +70,8 @@ class MultipointConfig(QuantConfig):
         "quantized": on the inputs the quantized network feeds each layer, against the float
         targets (layers in order, each after the ones before it got their points; two passes
         per layer), so points also make up for the error arriving from earlier layers.
-    num_samples: calibration samples behind the Gram matrices (None: all of them).
+    num_samples: calibration samples behind the Gram matrices and errors (None: all of them;
+        256 by default: a conv layer sees every spatial position of each, plenty for d x d).
     """
 
     bits: int | None = None
@@ -81,7 +82,7 @@ class MultipointConfig(QuantConfig):
     scale_fit: str = "output"
     represent: str = "points"
     inputs: str = "quantized"
-    num_samples: int | None = None
+    num_samples: int | None = 256
 
     def validate(self) -> None:
         check_bits("bits", self.bits, allow_none=True)
@@ -267,43 +268,63 @@ def input_of(model: nn.Module, module: nn.Module, batch: calib.Batch) -> torch.T
     raise RuntimeError(f"the calibration pass never reached layer {type(module).__name__}")
 
 
+def _layer_out(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The layer's product with weight w (its own shape), no bias."""
+    import torch.nn.functional as F
+
+    if isinstance(mod, nn.Conv2d):
+        return F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+    return F.linear(x, w)
+
+
 def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
                      num_samples: int | None):
-    """H of the quantized network's inputs to layer `name` (after its input quantizer), and the
-    start g0 = C w - H w~, e0 = ||w^T x - w~^T xq||^2 per channel (C = sum xq x^T) of
-    multipoint_build's asymmetric mode, and a function giving those errors for any w~.
-    Two passes (float and quantized model) per batch."""
+    """For layer `name` with float inputs x (float network) and quantized inputs xq (the
+    quantized network, after the layer's input quantizer), over the calibration samples:
+
+      H  = sum xq xq^T (Gram, C++), the curvature of every point update;
+      g0 = Xq^T (Y - Yq) per channel, Y = X w^T the float target and Yq = Xq w~^T the base
+           output (the weight gradient of <Yq, Y - Yq>, by autograd: no d x d cross-Gram);
+      e0 = ||Y - Yq||^2 per channel,
+
+    multipoint_build's asymmetric start, and a function giving the errors of any w~ from them:
+    e(w~) = e0 - 2 D^T g0 + D^T H D with D = w~ - base (exact expansion, no float-input Gram).
+    Two passes per batch (float and quantized model), each stopped at the layer."""
     fp_mod = ctx.fp_layer(name)
     groups = getattr(fp_mod, "groups", 1)
-    K = W.shape[1]
-    shape = (groups, K, K)
-    Hqq, Cqf, Hff = (np.zeros(shape, np.float32) for _ in range(3))
+    C, K = W.shape
+    Hqq = np.zeros((groups, K, K), np.float32)
     conv = isinstance(fp_mod, nn.Conv2d)
-    with torch.no_grad():
-        for b in calib.chunks(ctx.batches, num_samples):
+    wshape = fp_mod.weight.shape
+    w4, b4 = W.reshape(wshape), base.reshape(wshape)
+    g0 = torch.zeros(C, K, dtype=torch.float64)
+    e0 = torch.zeros(C, dtype=torch.float64)
+    for b in calib.chunks(ctx.batches, num_samples):
+        with torch.no_grad():
             x = input_of(ctx.fp_model, fp_mod, b)
             xq = q.quantize_input(input_of(ctx.qmodel, q, b))
-            for H, a, b2 in ((Hqq, xq, None), (Cqf, xq, x), (Hff, x, None)):
-                calib.accumulate_gram(fp_mod, a, H if conv else H[0], x2=b2)
-    C = W.shape[0]
+            calib.accumulate_gram(fp_mod, xq, Hqq if conv else Hqq[0])
+            r = _layer_out(fp_mod, x, w4)
+        with torch.enable_grad():
+            wv = b4.detach().clone().requires_grad_(True)
+            yq = _layer_out(fp_mod, xq.detach(), wv)
+            r = r - yq.detach()
+            yq.backward(r)
+        g0 += wv.grad.reshape(C, K).double()
+        r = r.double()
+        e0 += (r.pow(2).sum(dim=[0, 2, 3]) if conv else r.reshape(-1, C).pow(2).sum(0))
     per = C // groups
-    w = W.double()
-    mats = [tuple(torch.from_numpy(M[g]).double() for M in (Hqq, Cqf, Hff)) for g in range(groups)]
+    hs = [torch.from_numpy(Hqq[g]).double() for g in range(groups)]
 
     def errors(w_tilde: torch.Tensor) -> torch.Tensor:
-        wt = w_tilde.double()
-        e = torch.empty(C, dtype=torch.float64)
-        for g, (h, c, f) in enumerate(mats):
-            r = slice(g * per, (g + 1) * per)
-            cw = w[r] @ c.T  # row: C w
-            e[r] = ((w[r] @ f) * w[r]).sum(1) - 2 * (wt[r] * cw).sum(1) + ((wt[r] @ h) * wt[r]).sum(1)
+        D = w_tilde.double() - base.double()
+        e = e0 - 2 * (D * g0).sum(1)
+        for g, h in enumerate(hs):
+            r_ = slice(g * per, (g + 1) * per)
+            e[r_] += ((D[r_] @ h) * D[r_]).sum(1)
         return e.clamp_min(0)
 
-    g0 = torch.empty(C, K, dtype=torch.float64)
-    for g, (h, c, _) in enumerate(mats):
-        r = slice(g * per, (g + 1) * per)
-        g0[r] = w[r] @ c.T - base[r].double() @ h
-    return Hqq, g0.float().numpy(), errors(base).float().numpy(), errors
+    return Hqq, g0.float().numpy(), e0.float().numpy(), errors
 
 
 def apportion(total: float, sizes: list[int]) -> list[int]:
