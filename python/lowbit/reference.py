@@ -61,7 +61,7 @@ def lp_range_search(x, bits, *, symmetric=False, p=2.4, n_grid=80, shrink=0.01, 
                 ratio = np.float32(1.0) - np.float32(k) * np.float32(shrink)
                 s, z = _range_to_params(lo * ratio, hi * ratio, bits, symmetric)
                 err = np.abs(unit - fake_quantize(unit, s, z, bits)).astype(np.float64)
-                e = float(np.sum(err**p))
+                e = float(np.sum(err**p)) if n > 1 else 0.0  # min-max: nothing to compare
                 if best is None or e < best[0]:
                     best = (e, s, z)
             scale[r, g], zero[r, g] = best[1], best[2]
@@ -240,3 +240,316 @@ def multipoint_fold(y_ext, channel):
     for p, c in enumerate(channel):
         out[:, c] += y[:, N + p]
     return out
+
+# --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
+
+_BLOCK_COLS = {2: 16, 3: 16, 4: 8, 8: 4}
+_BLOCK_BYTES = {2: 64, 3: 96, 4: 64, 8: 64}
+
+
+def packed_layout(bits, rows, cols, group_size=0):
+    """The sizes pack.h's PackedShape gives (no checks beyond the basic ones)."""
+    kb = _BLOCK_COLS[bits]
+    kp = cols if group_size else -(-cols // kb) * kb
+    groups = cols // group_size if group_size else 1
+    tiles = -(-rows // 16)
+    tile_bytes = kp // kb * _BLOCK_BYTES[bits]
+    return {"padded_cols": kp, "groups": groups, "group_cols": group_size or kp, "tiles": tiles,
+            "tile_bytes": tile_bytes, "code_bytes": tiles * tile_bytes}
+
+
+def _per_row(p, rows):
+    p = np.asarray(p, np.float32)
+    p = p.reshape(p.shape[0] if p.ndim else 1, -1)
+    return np.broadcast_to(p, (rows, p.shape[1]))
+
+
+def pack_weights(q, scale, zero, bits, group_size=0):
+    """(codes, scales, zeros) exactly as pack.h lays them out."""
+    q = np.asarray(q, np.uint8)
+    N, K = q.shape
+    lay = packed_layout(bits, N, K, group_size)
+    kp, G, T = lay["padded_cols"], lay["groups"], lay["tiles"]
+    s, z = _per_row(scale, N), _per_row(zero, N)
+    Q = np.zeros((T * 16, kp), np.uint8)
+    Q[:N, :K] = q
+    Q[:N, K:] = z[:, :1].astype(np.uint8)  # per-channel padding columns hold the zero point
+    kb = _BLOCK_COLS[bits]
+    B = Q.reshape(T, 16, kp // kb, kb).transpose(0, 2, 1, 3)  # (tile, block, row, col in block)
+    parts = [B[..., 4 * i : 4 * i + 4] for i in range(kb // 4)]  # (.., 16, 4): byte 4r + j
+    if bits == 8:
+        low = parts[0]
+    elif bits == 4:
+        low = parts[0] | (parts[1] << 4)
+    else:
+        low = sum(((p & 3) << (2 * i)).astype(np.uint8) for i, p in enumerate(parts)).astype(np.uint8)
+    blocks = [low.reshape(T, kp // kb, 64)]
+    if bits == 3:
+        for p in parts:
+            bitsv = ((p >> 2) & 1).reshape(T, kp // kb, 64)
+            blocks.append(np.packbits(bitsv, axis=-1, bitorder="little"))
+    codes = np.concatenate(blocks, axis=-1).reshape(-1)
+    S = np.zeros((T * 16, G), np.float32)
+    Z = np.zeros((T * 16, G), np.uint8)
+    S[:N], Z[:N] = s, z.astype(np.uint8)
+    return (np.ascontiguousarray(codes), np.ascontiguousarray(S.reshape(T, 16, G).transpose(0, 2, 1)),
+            np.ascontiguousarray(Z.reshape(T, 16, G).transpose(0, 2, 1)))
+
+
+def unpack_weights(codes, scales, zeros, bits, rows, cols, group_size=0):
+    """(q uint8 (rows, cols), scale (rows, G), zero (rows, G)) read back from the three arrays."""
+    lay = packed_layout(bits, rows, cols, group_size)
+    kp, G, T = lay["padded_cols"], lay["groups"], lay["tiles"]
+    kb, bb = _BLOCK_COLS[bits], _BLOCK_BYTES[bits]
+    blk = np.asarray(codes, np.uint8).reshape(T, kp // kb, bb)
+    low = blk[..., :64].reshape(T, kp // kb, 16, 4)
+    if bits == 8:
+        parts = [low]
+    elif bits == 4:
+        parts = [low & 15, low >> 4]
+    else:
+        parts = [(low >> (2 * i)) & 3 for i in range(4)]
+        if bits == 3:
+            for i in range(4):
+                hi = np.unpackbits(blk[..., 64 + 8 * i : 72 + 8 * i], axis=-1, bitorder="little")
+                parts[i] = parts[i] | (hi.reshape(T, kp // kb, 16, 4) << 2)
+    B = np.concatenate(parts, axis=-1)  # (tile, block, row, col in block)
+    Q = B.transpose(0, 2, 1, 3).reshape(T * 16, kp)
+    S = np.asarray(scales, np.float32).transpose(0, 2, 1).reshape(T * 16, G)
+    Z = np.asarray(zeros, np.uint8).transpose(0, 2, 1).reshape(T * 16, G)
+    return Q[:rows, :cols].copy(), S[:rows].copy(), Z[:rows].astype(np.float32)
+
+
+def _dequant_packed(codes, scales, zeros, bits, rows, cols, group_size):
+    q, s, z = unpack_weights(codes, scales, zeros, bits, rows, cols, group_size)
+    G = s.shape[1]
+    rep = cols // G if group_size else cols
+    return (q.astype(np.float64) - np.repeat(z, rep, axis=1)) * np.repeat(s, rep, axis=1).astype(np.float64)
+
+
+def qmatmul(codes, scales, zeros, bits, rows, cols, group_size, x, bias=None):
+    """float64 x W^T + bias with W the packed matrix's (q - z) * s."""
+    W = _dequant_packed(codes, scales, zeros, bits, rows, cols, group_size)
+    y = np.asarray(x, np.float64).reshape(-1, cols) @ W.T
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def quantize_activations(x, act=None):
+    """(a int64 (M, K) integer activation values, sx float32 (M,)) as the int8 path makes them:
+    act None = per-row symmetric int8; (scale, zero, bits) = the per-tensor quantizer."""
+    x = np.asarray(x, np.float32)
+    if act is None:
+        amax = np.abs(x).max(axis=1)
+        sx = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+        a = np.clip(np.round(x / sx[:, None]), -127, 127).astype(np.int64)
+        return a, sx
+    s, z, b = np.float32(act[0]), np.float32(act[1]), int(act[2])
+    c = np.clip(np.round(x / s) + z, 0, 2**b - 1)
+    return (c - z).astype(np.int64), np.full(x.shape[0], s, np.float32)
+
+
+def qmatmul_a8(codes, scales, zeros, bits, rows, cols, group_size, x, act=None, bias=None):
+    """float64 result of the int8 path: sx * sum_g s_g * (exact integer sum over the group)."""
+    q, s, z = unpack_weights(codes, scales, zeros, bits, rows, cols, group_size)
+    a, sx = quantize_activations(np.asarray(x, np.float32).reshape(-1, cols), act)
+    G = s.shape[1]
+    gc = cols // G
+    y = np.zeros((a.shape[0], rows))
+    for g in range(G):
+        wg = q[:, g * gc : (g + 1) * gc].astype(np.int64) - z[:, g : g + 1].astype(np.int64)
+        y += (a[:, g * gc : (g + 1) * gc] @ wg.T).astype(np.float64) * s[:, g].astype(np.float64)
+    y *= sx[:, None].astype(np.float64)
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def packed_row_sums(codes, scales, zeros, bits, rows, cols, group_size):
+    q, s, z = unpack_weights(codes, scales, zeros, bits, rows, cols, group_size)
+    G = s.shape[1]
+    gc = cols // G
+    c = (q.astype(np.int64).reshape(rows, G, gc) - z.astype(np.int64)[:, :, None]).sum(axis=2)
+    return (c * s.astype(np.float64)).sum(axis=1)
+
+
+# --- threshold: AQuant borders and N2UQ's LTQ ----------------------------------------------
+# x is (rows, inner) with row r in channel r % C. NumPy twins of the forward passes (same
+# float32 operations in the same order as the C++), PyTorch autograd twins of the backward.
+
+
+def border_table(param, bits, *, affine, eps):
+    p = np.asarray(param, np.float32)
+    n = 2**bits - 1
+    if affine:
+        k = (np.arange(n, dtype=np.float32) + np.float32(0.5)) / np.float32(n)
+        pre = np.float32(0.5) + (p[:, :1] * k + p[:, 1:2])
+    else:
+        pre = np.float32(0.5) + p
+    return np.clip(pre, np.float32(eps), np.float32(1) - np.float32(eps)).astype(np.float32)
+
+
+def _rows_channel(rows, C):
+    return np.arange(rows) % C
+
+
+def border_quant_forward(x, B, bits, *, scale, zero, tau, hard):
+    x = np.asarray(x, np.float32)
+    B = np.asarray(B, np.float32)
+    qmax = np.float32(2**bits - 1)
+    s, z = np.float32(scale), np.float32(zero)
+    v = x / s + z
+    inside = (v >= 0) & (v < qmax)
+    kf = np.floor(np.where(inside, v, 0)).astype(np.float32)
+    f = np.where(inside, v, 0) - kf
+    b = B[_rows_channel(x.shape[0], B.shape[0])[:, None], kf.astype(np.int64)]
+    if hard:
+        qin = kf + (f >= b).astype(np.float32)
+    else:
+        t = (f - b) * (np.float32(1) / np.float32(tau))
+        qin = kf + np.float32(1) / (np.float32(1) + np.exp(-t))
+    q = np.where(v >= qmax, qmax, np.where(inside, qin, np.float32(0))).astype(np.float32)
+    return (s * (q - z)).astype(np.float32)
+
+
+def ltq_tables(start, a, in_scale, bits, *, a_min, s1_min):
+    """Floored a (C, n), floored in_scale (C,), segment ends D (C, n+1), thresholds T (C, n)."""
+    n = 2**bits - 1
+    a_e = np.maximum(np.asarray(a, np.float32), np.float32(a_min))
+    s1 = np.maximum(np.asarray(in_scale, np.float32), np.float32(s1_min))
+    C = a_e.shape[0]
+    D = np.empty((C, n + 1), np.float32)
+    T = np.empty((C, n), np.float32)
+    D[:, 0] = np.asarray(start, np.float32)
+    for i in range(n):
+        T[:, i] = D[:, i] + a_e[:, i] * np.float32(0.5)
+        D[:, i + 1] = D[:, i] + a_e[:, i]
+    return a_e, s1, D, T
+
+
+def ltq_thresholds(start, a, in_scale, bits, *, a_min, s1_min):
+    _, s1, _, T = ltq_tables(start, a, in_scale, bits, a_min=a_min, s1_min=s1_min)
+    return (T / s1[:, None]).astype(np.float32)
+
+
+def ltq_forward(x, start, a, in_scale, bits, *, out_scale, zero, a_min, s1_min):
+    x = np.asarray(x, np.float32)
+    _, s1, _, T = ltq_tables(start, a, in_scale, bits, a_min=a_min, s1_min=s1_min)
+    ch = _rows_channel(x.shape[0], T.shape[0])
+    u = s1[ch][:, None] * x
+    code = (u[..., None] >= T[ch][:, None, :]).sum(-1).astype(np.float32)
+    return (np.float32(out_scale) * (code - np.float32(zero))).astype(np.float32)
+
+
+def threshold_quantize(x, thresholds, bits):
+    x = np.asarray(x, np.float32)
+    t = np.asarray(thresholds, np.float32)
+    ch = _rows_channel(x.shape[0], t.shape[0])
+    return (x[..., None] >= t[ch][:, None, :]).sum(-1).astype(np.uint8)
+
+
+def _one_sided_clamp(pre, lo, hi):
+    """clamp(pre, lo, hi); a clamped entry passes only a gradient that moves it back inside."""
+    import torch
+
+    class OneSidedClamp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, p):
+            ctx.save_for_backward(p)
+            return p.clamp(lo, hi)
+
+        @staticmethod
+        def backward(ctx, g):
+            (p,) = ctx.saved_tensors
+            block = ((p < lo) & (g > 0)) | ((p > hi) & (g < 0))
+            return torch.where(block, torch.zeros_like(g), g)
+
+    return OneSidedClamp.apply(pre)
+
+
+def border_table_torch(param, bits, *, affine, eps):
+    """Differentiable twin of border_table (torch tensors)."""
+    import torch
+
+    n = 2**bits - 1
+    if affine:
+        k = (torch.arange(n, dtype=torch.float32) + 0.5) / n
+        pre = 0.5 + (param[:, :1] * k + param[:, 1:2])
+    else:
+        pre = 0.5 + param
+    return _one_sided_clamp(pre, eps, 1.0 - eps)
+
+
+def border_quant_torch(x, B, scale, bits, *, zero, tau, hard):
+    """Autograd twin of border_quant_forward/backward: STE (LSQ rule) for x and scale, the
+    sigmoid's derivative for B (in hard mode too). x (rows, inner), B (C, n), scale 1-element."""
+    import torch
+
+    qmax = float(2**bits - 1)
+    v = x / scale + zero
+    vd = v.detach()
+    inside = (vd >= 0) & (vd < qmax)
+    kf = torch.floor(torch.where(inside, vd, torch.zeros_like(vd)))
+    f = torch.where(inside, vd, torch.zeros_like(vd)) - kf
+    ch = torch.arange(x.shape[0]) % B.shape[0]
+    b = B[ch[:, None], kf.long()]
+    h = torch.sigmoid((f - b) / tau)
+    step = ((f >= b).float() + h - h.detach()) if hard else h
+    qin = kf + step + (v - vd)
+    q = torch.where(vd >= qmax, torch.full_like(vd, qmax), torch.where(inside, qin, torch.zeros_like(vd)))
+    return scale * (q - zero)
+
+
+def ltq_torch(x, start, a, in_scale, out_scale, bits, *, zero, a_min, s1_min):
+    """Autograd twin of ltq_forward/ltq_backward: hard forward, gradient of the G-STE
+    surrogate. x (rows, inner), start (C,), a (C, n), in_scale (C,), out_scale 1-element."""
+    import torch
+
+    n = 2**bits - 1
+    a_e = torch.clamp(a, min=a_min)
+    s1 = torch.clamp(in_scale, min=s1_min)
+    ds = [start]
+    for i in range(n):
+        ds.append(ds[-1] + a_e[:, i])
+    D = torch.stack(ds, 1)
+    T = D[:, :-1] + a_e * 0.5
+    ch = torch.arange(x.shape[0]) % start.shape[0]
+    u = s1[ch][:, None] * x
+    ud = u.detach()
+    code = (ud[..., None] >= T.detach()[ch][:, None, :]).sum(-1).float()
+    j = (ud[..., None] >= D.detach()[ch][:, None, :]).sum(-1)
+    inside = (j >= 1) & (j <= n)
+    seg = (j - 1).clamp(0, n - 1)
+    rows = ch[:, None].expand_as(seg)
+    g = seg.float() + (u - D[rows, seg]) / a_e[rows, seg]
+    g = torch.where(inside, g, torch.zeros_like(g))
+    return out_scale * ((g - g.detach()) + code - zero)
+
+
+def expected_stochastic_ltq(x, start, a, in_scale, out_scale, bits, *, zero, a_min, s1_min):
+    """float64 expectation of N2UQ's stochastic rounding: inside segment i = [d_{i-1}, d_i) the
+    output is level i with probability (u - d_{i-1}) / a_i and level i - 1 otherwise; below d_0
+    level 0, at or above d_n level n. Written from the probabilities, not the surrogate."""
+    x = np.asarray(x, np.float64)
+    n = 2**bits - 1
+    a_e = np.maximum(np.asarray(a, np.float64), a_min)
+    s1 = np.maximum(np.asarray(in_scale, np.float64), s1_min)
+    C = a_e.shape[0]
+    ch = _rows_channel(x.shape[0], C)
+    D = np.concatenate([np.asarray(start, np.float64)[:, None],
+                        np.asarray(start, np.float64)[:, None] + np.cumsum(a_e, 1)], 1)
+    u = s1[ch][:, None] * x
+    expect = np.zeros_like(u)
+    for lev in range(n + 1):  # E = sum_l l * P(l)
+        p = np.zeros_like(u)
+        if lev == 0:
+            p += u < D[ch, 0][:, None]
+        if lev == n:
+            p += u >= D[ch, n][:, None]
+        if lev >= 1:  # segment lev, rounded up
+            lo, hi = D[ch, lev - 1][:, None], D[ch, lev][:, None]
+            m = (u >= lo) & (u < hi)
+            p += m * (u - lo) / (hi - lo)
+        if lev <= n - 1:  # segment lev + 1, rounded down
+            lo, hi = D[ch, lev][:, None], D[ch, lev + 1][:, None]
+            m = (u >= lo) & (u < hi)
+            p += m * (1 - (u - lo) / (hi - lo))
+        expect += lev * p
+    return float(out_scale) * (expect - zero)

@@ -21,9 +21,10 @@ inline float round_even(float v) {
 }
 
 inline float quant_code(float x, float s, float z, float qmax) {
-  // Clamping x/s to +-1024 first changes no code (every code lies within 0..255 of -z) and
-  // keeps round_even in its exact range.
-  const float v = std::min(std::max(x / s, -1024.0f), 1024.0f);
+  // Clamping x/s to +-2^22 keeps round_even in its exact range (and Inf finite); it changes
+  // no code for any zero point with |z| < 2^21.
+  constexpr float kLimit = 4194304.0f;
+  const float v = std::min(std::max(x / s, -kLimit), kLimit);
   return std::min(std::max(round_even(v) + z, 0.0f), qmax);
 }
 
