@@ -421,3 +421,135 @@ def _grouped_loss(dW: torch.Tensor, H: np.ndarray) -> np.ndarray:
     groups = H.shape[0]
     per = dW.shape[0] // groups
     return np.concatenate([_native.hessian_loss(dW[g * per:(g + 1) * per], H[g]) for g in range(groups)])
+
+
+# -- packed inference -------------------------------------------------------------------------
+#
+# The point rows are stacked under the N base rows into one packed matrix of N + P rows (every
+# row with its own scale and zero, the per-tensor base scale repeated per row), so the ordinary
+# packed kernels (lowbit.pack) compute y_ext = x W_ext^T with each row already scaled; the
+# segmented sum multipoint_fold (C++) adds each point's column into its channel.
+
+
+def _packed_classes():
+    from lowbit.pack import PackedConv2d, PackedLinear
+
+    class PackedMultipointMixin:
+        """A packed layer whose matrix holds the base rows and then the point rows."""
+
+        def _setup_points(self, channel: torch.Tensor, n_out: int) -> None:
+            self.rows_ext = self.out_features  # the packed matrix: N + P rows
+            self.register_buffer("point_channel", channel.to(torch.int32).contiguous())
+            self.out_features = int(n_out)
+
+        @property
+        def num_points(self) -> int:
+            return int(self.point_channel.numel())
+
+        def packed(self):
+            return _native.packed_from_arrays(self.codes, self.scales, self.zeros, self.bits, self.rows_ext,
+                                              self.K, self.group_size)
+
+        def _matmul(self, x2: torch.Tensor, part: tuple | None = None) -> torch.Tensor:
+            y_ext = super()._matmul(x2, part)
+            return torch.from_numpy(_native.multipoint_fold(y_ext.numpy(), self.point_channel.numpy()))
+
+        def weight_2d(self) -> torch.Tensor:
+            w = super().weight_2d()
+            N = self.out_features
+            return w[:N].index_add(0, self.point_channel.long(), w[N:])
+
+    class PackedMultipointLinear(PackedMultipointMixin, PackedLinear):
+        """PackedLinear over base + point rows, folded back per channel (inference only)."""
+
+        def extra_repr(self) -> str:
+            return super().extra_repr() + f", points={self.num_points}"
+
+    class PackedMultipointConv2d(PackedMultipointMixin, PackedConv2d):
+        """PackedConv2d over base + point rows. groups == 1 runs im2col + the packed product +
+        the fold; grouped convs (whose points break the equal row slices per group) run torch's
+        convolution on the folded weight decoded once from the packed bytes."""
+
+        def _setup_points(self, channel: torch.Tensor, n_out: int) -> None:
+            super()._setup_points(channel, n_out)
+            self.out_channels = int(n_out)
+
+        @property
+        def uses_kernel(self) -> bool:
+            return self.groups == 1
+
+        def _forward_decoded(self, x: torch.Tensor) -> torch.Tensor:
+            import torch.nn.functional as F
+
+            if self._weight_cache is None:
+                self._weight_cache = self.weight
+            if self.act_quant is not None:
+                x = self.act_quant(x)
+            bias = None if self.bias is None else self.bias[: self.out_channels]  # base rows' bias
+            return F.conv2d(x, self._weight_cache, bias, self.stride, self.padding, self.dilation, self.groups)
+
+        def extra_repr(self) -> str:
+            return super().extra_repr() + f", points={self.num_points}"
+
+    return PackedMultipointLinear, PackedMultipointConv2d
+
+
+_PACKED: tuple | None = None
+
+
+def packed_multipoint_classes() -> tuple:
+    """(PackedMultipointLinear, PackedMultipointConv2d), built once lowbit.pack is imported."""
+    global _PACKED
+    if _PACKED is None:
+        _PACKED = _packed_classes()
+    return _PACKED
+
+
+def _rows_of(p: torch.Tensor, rows: int, G: int) -> torch.Tensor:
+    """(R, G') unit parameters as (rows, G): per-tensor repeated per row, one per row per group."""
+    return p.float().expand(rows, p.shape[1]).repeat_interleave(G // p.shape[1], dim=1)
+
+
+def packed_twin(layer: MultipointMixin, name: str = "", dynamic_act: bool = False) -> nn.Module:
+    """The packed equivalent of a multipoint layer (``lowbit.pack`` calls it)."""
+    import copy
+
+    from lowbit import pack as P
+
+    if layer.wide_channel.numel():
+        raise ValueError(f"layer '{name}': rows at {layer.wide_bits} bits beside {layer.w_bits}-bit rows "
+                         "(represent='wider', the mixed-precision baseline) are fake-quant only: one packed "
+                         "matrix has one bit width")
+    if layer.num_points and layer.point_bits != layer.w_bits:
+        raise ValueError(f"layer '{name}': {layer.point_bits}-bit points on a {layer.w_bits}-bit base cannot "
+                         "share a packed matrix; quantize with MultipointConfig(bits=None)")
+    N, K = layer.codes.shape
+    Pn = layer.num_points
+    G = layer.scale.shape[1]
+    codes = torch.cat([layer.codes, layer.point_codes])
+    scale = torch.cat([_rows_of(layer.scale, N, G), layer.point_scale.expand(Pn, G)])
+    zero = torch.cat([_rows_of(layer.zero, N, G), layer.point_zero.expand(Pn, G)])
+    bias = None
+    if layer.bias is not None:
+        bias = torch.cat([layer.bias, torch.zeros(Pn)])
+    kw = dict(codes=codes, scale=scale, zero=zero, bias=bias, w_bits=layer.w_bits, act_quant=None)
+    if isinstance(layer, QuantLinear):
+        ext = QuantLinear(layer.in_features, N + Pn, **kw)
+    else:
+        ext = QuantConv2d(layer.in_channels, N + Pn, layer.kernel_size, layer.stride, layer.padding,
+                          layer.dilation, layer.groups if Pn == 0 else 1, **kw)
+    _, group_size, p = P._pack_arrays(ext, name)
+    cls_lin, cls_conv = packed_multipoint_classes()
+    pkw = dict(w_bits=layer.w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
+               scales=torch.from_numpy(p.scales), zeros=torch.from_numpy(p.zeros), bias=bias,
+               act_quant=copy.deepcopy(layer.act_quant), dynamic_act=dynamic_act)
+    if isinstance(layer, QuantLinear):
+        out = cls_lin(layer.in_features, N + Pn, **pkw)
+    else:
+        out = cls_conv(layer.in_channels, N + Pn, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                       layer.groups, **pkw)
+    out._setup_points(layer.point_channel, N)
+    return out
+
+
+MultipointMixin.packed_twin = packed_twin
