@@ -113,3 +113,14 @@ def test_pack_refuses_what_one_matrix_cannot_hold():
                    torch.ones(1, 1), 3)
     with pytest.raises(ValueError, match="fake-quant only"):
         pack(layer)
+
+
+def test_save_refuses_multipoint_layers(tmp_path):
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    layer = grid_multipoint("linear", 2, 8)
+    m[0] = layer
+    with pytest.raises(ValueError, match="cannot store a MultipointLinear"):
+        lowbit.save(m, tmp_path / "m.lowbit")
+    m[0] = pack(layer)
+    with pytest.raises(ValueError, match="cannot store a PackedMultipointLinear"):
+        lowbit.save(m, tmp_path / "m.lowbit")
