@@ -6,12 +6,17 @@ Weights only (A32), W2 and W3, per-tensor and per-channel grids, at 5 % and 10 %
   multipoint (error)          points on the channels whose output error drops most
   multipoint (random)         the same number of points on random channels
   +1 bit (same channels)      the channels the error placement chose, at b+1 bits instead
+                              (half the extra code bits of the points at W2)
+  +1 bit eq                   b x as many channels at b+1 bits: the points' extra code bits
 
 Each cell is the mean +- std over seeds (the seed picks the calibration images). Effective bits
 are code bits per weight over the layers multipoint touches (the 8-bit first/last layers are
 left alone by every variant).
 
-    python benchmarks/multipoint_accuracy.py [--quick] [--json] [--seeds 0 1 2]
+    python benchmarks/multipoint_accuracy.py [--quick | --smoke] [--json] [--seeds 0 1 2]
+
+--quick uses the zoo's quick task (256 calibration images, 2000 test images), --smoke that and
+one setting.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import time
 import torch
 
 VARIANTS = {
-    "multipoint": dict(placement="error", represent="points"),
-    "random": dict(placement="random", represent="points"),
-    "+1 bit": dict(placement="error", represent="wider"),
+    "multipoint": lambda rho, b: dict(overhead=rho, placement="error", represent="points"),
+    "random": lambda rho, b: dict(overhead=rho, placement="random", represent="points"),
+    "+1 bit": lambda rho, b: dict(overhead=rho, placement="error", represent="wider"),
+    # as many extra code bits as the points: b x as many channels, each one bit wider
+    "+1 bit eq": lambda rho, b: dict(overhead=rho * b, max_points=2, placement="error", represent="wider"),
 }
 
 
@@ -66,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
                     for name, opts in VARIANTS.items():
                         t0 = time.perf_counter()
                         q = lowbit.quantize(task.model, task.calib_loader, "multipoint",
-                                            config=dict(overhead=rho, **opts), **common)
+                                            config=opts(rho, w_bits), **common)
                         record(name, rho, q, time.perf_counter() - t0,
                                summary=lowbit.report(q).meta["multipoint"]["summary"])
     return summarize(rows, args)
@@ -113,15 +120,17 @@ def summarize(rows: list[dict], args: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="one seed, W2 only, the quick task")
+    p.add_argument("--quick", action="store_true", help="the quick task (fewer calibration and test images)")
+    p.add_argument("--smoke", action="store_true", help="the quick task, one seed, W2 per channel, 5 %%")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--w-bits", type=int, nargs="+", default=[2, 3])
     p.add_argument("--granularity", nargs="+", default=["tensor", "channel"])
     p.add_argument("--overhead", type=float, nargs="+", default=[0.05, 0.10])
     args = p.parse_args()
-    if args.quick:
-        args.seeds, args.w_bits, args.overhead = args.seeds[:1], [2], [0.05]
+    if args.smoke:
+        args.quick = True
+        args.seeds, args.w_bits, args.overhead, args.granularity = args.seeds[:1], [2], [0.05], ["channel"]
     out = run(args)
     if args.json:
         print(json.dumps(out))
