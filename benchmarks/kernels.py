@@ -169,6 +169,10 @@ def run(args) -> dict:
     for shape in args.shapes:
         N, K = shape
         gen = torch.Generator().manual_seed(0)
+        if getattr(args, "multipoint_only", False):
+            xs = {M: torch.randn(M, K, generator=gen) for M in args.batches}
+            rows += multipoint_rows(N, K, xs, args, pool_bytes)
+            continue
         W = torch.randn(N, K, generator=gen) * 0.02
         fp_pool = [W] + [W.clone() for _ in range(copies(W.numel() * 4, pool_bytes) - 1)]
         xs = {M: torch.randn(M, K, generator=gen) for M in sorted(set(args.batches) | set(args.a8_batches))}
@@ -309,6 +313,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", type=parse_shapes, default=None, help="NxK,... (default 4096x4096,1024x4096)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--pool-mib", type=int, default=None)
+    ap.add_argument("--multipoint-only", action="store_true", help="only the packed multipoint rows")
     args = ap.parse_args(argv)
     args.shapes = args.shapes or [(4096, 4096), (1024, 4096)]
     args.repeats = args.repeats or (9 if args.quick else 31)
