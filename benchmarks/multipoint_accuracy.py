@@ -124,6 +124,8 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="the quick task, one seed, W2 per channel, 5 %%")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and lowbit threads (results do not depend on it; 1 on a busy machine)")
     p.add_argument("--w-bits", type=int, nargs="+", default=[2, 3])
     p.add_argument("--granularity", nargs="+", default=["tensor", "channel"])
     p.add_argument("--overhead", type=float, nargs="+", default=[0.05, 0.10])
@@ -131,6 +133,11 @@ def main() -> int:
     if args.smoke:
         args.quick = True
         args.seeds, args.w_bits, args.overhead, args.granularity = args.seeds[:1], [2], [0.05], ["channel"]
+    if args.threads:
+        import lowbit
+
+        torch.set_num_threads(args.threads)
+        lowbit.set_num_threads(args.threads)
     out = run(args)
     if args.json:
         print(json.dumps(out))
