@@ -8,6 +8,7 @@ void bind_core(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_gram(py::module_& m);
 void bind_iqp(py::module_& m);
+void bind_multipoint(py::module_& m);
 void bind_pack(py::module_& m);
 void bind_qmatmul(py::module_& m);
 void bind_threshold(py::module_& m);
@@ -24,6 +25,7 @@ PYBIND11_MODULE(_lowbit, m) {
   lowbit::bind::bind_quant(m);
   lowbit::bind::bind_gram(m);
   lowbit::bind::bind_iqp(m);
+  lowbit::bind::bind_multipoint(m);
   lowbit::bind::bind_pack(m);
   lowbit::bind::bind_qmatmul(m);
   lowbit::bind::bind_threshold(m);

@@ -18,7 +18,8 @@ DEMO_SETTINGS = ((8, 8), (4, 8), (3, None), (2, None))
 
 def weight_bytes(model) -> int:
     """Weight bytes as packed: codes at their bit width, plus fp16 scale and zero per unit,
-    plus float32 for any parameter lowbit did not quantize."""
+    plus float32 for any parameter lowbit did not quantize; layers that hold more than one
+    grid (multipoint rows) add their ``extra_bytes()``."""
     from lowbit.quantizers import QuantLayer
 
     total = 0
@@ -28,6 +29,8 @@ def weight_bytes(model) -> int:
             quantized.add(name)
             total += (mod.codes.numel() * mod.w_bits + 7) // 8 + 4 * mod.scale.numel()
             total += 0 if mod.bias is None else 4 * mod.bias.numel()
+            extra = getattr(mod, "extra_bytes", None)
+            total += extra() if callable(extra) else 0
     for name, p in model.named_parameters():
         if name.rpartition(".")[0] not in quantized:
             total += 4 * p.numel()

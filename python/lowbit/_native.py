@@ -287,6 +287,90 @@ def project_psd(G: ArrayLike) -> tuple[np.ndarray, float]:
     out = np.empty_like(g)
     mass = _C.project_psd(g, out)
     return out, float(mass)
+
+
+# --- multipoint: greedy low-bit points per output channel ---------------------------------
+
+
+def multipoint_sweep(R: ArrayLike, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Best single point of each row of R (rows, d) by the exact breakpoint sweep.
+
+    Returns scale (rows,), zero (rows,), codes uint8 (rows, d) and err (rows,) with
+    ``R[r] ~ scale[r] * (codes[r] - zero[r])`` and err = the squared error (see multipoint.h).
+    """
+    r = as_2d(as_f32(R))
+    n, d = r.shape
+    scale = np.empty(n, np.float32)
+    zero = np.empty(n, np.float32)
+    codes = np.empty((n, d), np.uint8)
+    err = np.empty(n, np.float32)
+    _C.multipoint_sweep(r, int(bits), scale, zero, codes, err)
+    return scale, zero, codes, err
+
+
+def multipoint_build(
+    W: ArrayLike,
+    base: ArrayLike,
+    H: ArrayLike,
+    bits: int,
+    *,
+    budget: int,
+    tolerance: float = 0.0,
+    max_points: int = 2,
+    output_scale: bool = True,
+    order: ArrayLike | None = None,
+    g0: ArrayLike | None = None,
+    e0: ArrayLike | None = None,
+) -> dict[str, np.ndarray]:
+    """Greedy multipoint construction of one layer (multipoint.h ``multipoint_build``).
+
+    W, base (C, d): float rows and their base approximation; H (d, d) or (groups, d, d).
+    ``order`` (int32 channels) switches from error-driven placement to offers in that order.
+    ``g0`` (C, d) and ``e0`` (C,): the asymmetric start (quantized inputs, float targets).
+    Returns channel, scale, zero, codes, gain for the points added (in order) and the
+    per-channel output errors err_before / err_after.
+    """
+    w = as_2d(as_f32(W))
+    b = as_2d(as_f32(base))
+    h = as_f32(H)
+    if h.ndim == 2:
+        h = h.reshape(1, *h.shape)
+    C, d = w.shape
+    budget = int(budget)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    out = {
+        "channel": np.empty(budget, np.int32),
+        "scale": np.empty(budget, np.float32),
+        "zero": np.empty(budget, np.float32),
+        "codes": np.empty((budget, d), np.uint8),
+        "gain": np.empty(budget, np.float32),
+    }
+    err_before = np.empty(C, np.float32)
+    err_after = np.empty(C, np.float32)
+    n = _C.multipoint_build(
+        w, b, h, int(bits), budget, float(tolerance), int(max_points), bool(output_scale),
+        None if order is None else as_i32(order).reshape(-1),
+        None if g0 is None else as_2d(as_f32(g0)), None if e0 is None else as_f32(e0).reshape(-1),
+        out["channel"], out["scale"],
+        out["zero"], out["codes"], out["gain"], err_before, err_after,
+    )
+    res = {k: v[:n] for k, v in out.items()}
+    res["err_before"], res["err_after"] = err_before, err_after
+    return res
+
+
+def multipoint_fold(y_ext: ArrayLike, channel: ArrayLike) -> np.ndarray:
+    """out (M, N) = the first N columns of y_ext (M, N + P) plus, for each point p in order,
+    column N + p added into column channel[p] (the segmented sum of packed multipoint)."""
+    y = as_2d(as_f32(y_ext))
+    ch = as_i32(channel).reshape(-1)
+    if ch.size > y.shape[1]:
+        raise ValueError(f"{ch.size} points but y_ext has only {y.shape[1]} columns")
+    out = np.empty((y.shape[0], y.shape[1] - ch.size), np.float32)
+    _C.multipoint_fold(y, ch, out)
+    return out
+
 # --- pack / qmatmul: packed low-bit weights (pack.h, qmatmul.h) ---------------------------
 #
 # A packed matrix travels as three arrays plus its shape (``Packed``); see pack.h or

@@ -101,6 +101,9 @@ def _act_meta(aq: nn.Module | None, name: str) -> dict | None:
 
 
 def _layer_meta(name: str, mod: nn.Module, methods: dict[str, str]) -> dict[str, Any]:
+    if type(mod).__name__ not in _LAYER_TYPES:  # e.g. multipoint layers: extra rows it would drop
+        raise ValueError(f"layer '{name}': lowbit.save cannot store a {type(mod).__name__} yet "
+                         f"(it stores {', '.join(_LAYER_TYPES)})")
     d: dict[str, Any] = {"type": type(mod).__name__, "w_bits": mod.w_bits, "granularity": mod.granularity,
                          "method": methods.get(name), "has_bias": mod.bias is not None,
                          "act_quant": _act_meta(mod.act_quant, name)}

@@ -311,6 +311,9 @@ def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed
 
 def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = False) -> PackedLayer:
     """The PackedLinear / PackedConv2d equivalent of one QuantLinear / QuantConv2d."""
+    twin = getattr(layer, "packed_twin", None)  # layers holding more than one grid (multipoint)
+    if twin is not None:
+        return twin(name, dynamic_act)
     _, group_size, p = _pack_arrays(layer, name)
     aq = copy.deepcopy(layer.act_quant)
     kw = dict(w_bits=layer.w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),

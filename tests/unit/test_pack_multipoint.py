@@ -1,0 +1,126 @@
+"""Packed multipoint: base and point rows in one packed matrix, folded back per channel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import lowbit
+from lowbit import _native
+from lowbit.methods.multipoint import MultipointConv2d, MultipointLinear, packed_multipoint_classes
+from lowbit.pack import pack
+from lowbit.quantizers import UniformActQuantizer
+
+# The fold adds no ISA-specific code and test_pack.py holds the kernels to every ISA: the
+# scalar kernels and the machine's best suffice here.
+ISAS = sorted({"scalar", _native.detected_isa()}, key=lambda i: i != "scalar")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):  # as tests/conftest.py's
+    _native.set_isa(request.param)
+    try:
+        assert _native.active_isa() == request.param
+        yield request.param
+    finally:
+        _native.set_isa(None)
+
+
+def grid_multipoint(kind: str, w_bits: int, a_bits: int | None, *, groups: int = 1, per_tensor: bool = False,
+                    n_points: int = 9, seed: int = 0):
+    """A multipoint layer on power-of-two grids (weight scales 2^-5..2^-7, point scales
+    2^-7..2^-9, activation scale 2^-4, bias on the product grid): every float operation of the
+    fake-quant layer is exact, so the packed one must give the same bits."""
+    rng = np.random.default_rng(seed)
+    if kind == "linear":
+        N, K = 40, 96
+    else:
+        cin, N, ks = 32, 32, (3, 3)
+        K = cin // groups * ks[0] * ks[1]
+    R = 1 if per_tensor else N
+    codes = torch.from_numpy(rng.integers(0, 2**w_bits, size=(N, K)).astype(np.uint8))
+    scale = torch.from_numpy(2.0 ** -rng.integers(5, 8, size=(R, 1))).float()
+    zero = torch.from_numpy(rng.integers(0, 2**w_bits, size=(R, 1))).float()
+    bias = torch.from_numpy(rng.integers(-64, 64, size=N) * 2.0**-13).float()
+    aq = None
+    if a_bits is not None:
+        aq = UniformActQuantizer(a_bits, 2.0**-4, float(rng.integers(0, 2**a_bits)), signed=True)
+    kw = dict(codes=codes, scale=scale, zero=zero, bias=bias, w_bits=w_bits, act_quant=aq)
+    if kind == "linear":
+        layer = MultipointLinear(K, N, **kw)
+    else:
+        layer = MultipointConv2d(cin, N, ks, (1, 1), (1, 1), (1, 1), groups, **kw)
+    half = 2 ** (w_bits - 1)
+    channel = rng.integers(0, N, n_points)
+    channel[-2:] = channel[:1]  # one channel with three points
+    layer.set_points(channel, rng.integers(0, 2**w_bits, (n_points, K)),
+                     2.0 ** -rng.integers(7, 10, n_points), rng.choice([half, half - 1], n_points), w_bits)
+    return layer
+
+
+@pytest.mark.parametrize("w_bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("a_bits", [8, None])
+@pytest.mark.parametrize("kind", ["linear", "conv", "gconv", "tensor"])
+def test_packed_multipoint_is_exact_on_integer_paths(isa, kind, w_bits, a_bits):
+    """Packed product of the stacked matrix + segmented sum = the dense dequantized product."""
+    layer = grid_multipoint("linear" if kind in ("linear", "tensor") else "conv", w_bits, a_bits,
+                            groups=2 if kind == "gconv" else 1, per_tensor=kind == "tensor", seed=w_bits)
+    assert len(set(layer.point_channel.tolist())) < layer.num_points  # some channels get 2+
+    pk = pack(layer)
+    lin, conv = packed_multipoint_classes()
+    assert isinstance(pk, lin if kind in ("linear", "tensor") else conv) and pk.num_points == 9
+    g = torch.Generator().manual_seed(a_bits or 0)
+    shape = (7, layer.in_features) if kind in ("linear", "tensor") else (2, 32, 5, 6)
+    x = torch.randn(*shape, generator=g)
+    if a_bits is None:  # fp32 activations on a 2^-4 grid keep the fake-quant product exact
+        x = torch.round(x * 16) / 16
+    with torch.no_grad():
+        y = layer(x)
+        assert torch.equal(pk(x), y)
+        assert torch.equal(pk.weight, layer.weight)
+    if kind != "gconv":
+        assert pk.path == ("weight_only" if a_bits is None else "int8_static")
+
+
+def test_packed_multipoint_model_matches_fake_quant():
+    """A real multipoint model (scales from the method, not powers of two): the packed model
+    equals the fake-quant one up to float rounding."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=2),
+                      nn.ReLU(), nn.Flatten(), nn.Linear(32 * 36, 48), nn.ReLU(), nn.Linear(48, 10)).eval()
+    data = [torch.randn(16, 3, 6, 6) for _ in range(4)]
+    for a_bits, gran in ((8, "channel"), (None, "tensor")):
+        q = lowbit.quantize(m, data, "multipoint", w_bits=2, a_bits=a_bits, granularity=gran,
+                            keep_first_last=None, progress=False, config=dict(overhead=0.2))
+        assert lowbit.report(q).meta["multipoint"]["points"] > 0
+        p = pack(q)
+        x = torch.randn(8, 3, 6, 6)
+        with torch.no_grad():
+            y_fq, y_pk = q(x), p(x)
+        assert float((y_pk - y_fq).abs().max()) <= 1e-4 * float(y_fq.abs().max())
+        assert p[0].num_points == q[0].num_points
+
+
+def test_pack_refuses_what_one_matrix_cannot_hold():
+    layer = grid_multipoint("linear", 2, 8)
+    layer.point_bits = 3
+    with pytest.raises(ValueError, match="3-bit points on a 2-bit base"):
+        pack(layer)
+    layer = grid_multipoint("linear", 2, 8, n_points=0)
+    layer.set_wide(torch.tensor([1, 4]), torch.zeros(2, 96, dtype=torch.uint8), torch.ones(1, 1),
+                   torch.ones(1, 1), 3)
+    with pytest.raises(ValueError, match="fake-quant only"):
+        pack(layer)
+
+
+def test_save_refuses_multipoint_layers(tmp_path):
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    layer = grid_multipoint("linear", 2, 8)
+    m[0] = layer
+    with pytest.raises(ValueError, match="cannot store a MultipointLinear"):
+        lowbit.save(m, tmp_path / "m.lowbit")
+    m[0] = pack(layer)
+    with pytest.raises(ValueError, match="cannot store a PackedMultipointLinear"):
+        lowbit.save(m, tmp_path / "m.lowbit")
