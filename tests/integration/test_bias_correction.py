@@ -1,0 +1,67 @@
+"""nearest with bias_correction=True: each layer's mean per-channel output shift is removed."""
+
+import torch
+import torch.nn as nn
+
+import lowbit
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.dw(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def mean_shift(fp, q, data):
+    """Per layer, max over channels of |E[q(x) - f(x)]| with the float model's inputs x."""
+    out = {}
+    for name in ("c1", "dw", "fc"):
+        f, ql = fp.get_submodule(name), q.get_submodule(name)
+        xs = []
+        h = f.register_forward_pre_hook(lambda m, a, xs=xs: xs.append(a[0]))
+        with torch.no_grad():
+            for x in data:
+                fp(x)
+        h.remove()
+        with torch.no_grad():
+            e = torch.cat(
+                [
+                    (ql(x) - f(x)).movedim(1, -1).reshape(-1, f.weight.shape[0])
+                    if x.dim() == 4
+                    else ql(x) - f(x)
+                    for x in xs
+                ]
+            )
+        out[name] = float(e.mean(0).abs().max())
+    return out
+
+
+def test_bias_correction_removes_mean_shift():
+    torch.manual_seed(0)
+    m = Net().eval()
+    data = [torch.randn(16, 3, 8, 8) + 0.5 for _ in range(3)]
+    plain = lowbit.quantize(
+        m, data, "nearest", w_bits=3, a_bits=8, keep_first_last=None, progress=False
+    )
+    bc = lowbit.quantize(
+        m,
+        data,
+        "nearest",
+        w_bits=3,
+        a_bits=8,
+        keep_first_last=None,
+        progress=False,
+        config={"bias_correction": True},
+    )
+    before, after = mean_shift(m, plain, data), mean_shift(m, bc, data)
+    for name in before:
+        assert after[name] < 1e-4 < before[name], (name, before, after)
+    assert "bias" in dict(bc.dw.named_buffers())  # a bias-free layer gains a saved bias
+    assert bc.lowbit_report["dw"].extra["bias_shift"] > 0
