@@ -214,17 +214,19 @@ def test_identical_with_one_and_two_threads_and_seeded(cnn, mode):
     cfg = dict(FAST, iters=60, mode=mode, objective="auto", include_activation=mode == "layer")
     old = _native.get_num_threads()
     out = []
+    kw = dict(w_bits=3, a_bits=4, num_samples=128, config=cfg)
     try:
-        for threads in (1, 2, 2):
+        for threads in (1, 2):
             _native.set_num_threads(threads)
-            out.append(codes_of(quant(cnn, w_bits=3, a_bits=4, seed=3, config=cfg)))
+            out.append(codes_of(quant(cnn, seed=3, **kw)))
+        _native.set_num_threads(1)
+        other = codes_of(quant(cnn, seed=4, **kw))
     finally:
         _native.set_num_threads(old)
-    for a in out[1:]:
-        assert a.keys() == out[0].keys()
-        for n in a:
-            assert torch.equal(a[n], out[0][n]), n
-    other = codes_of(quant(cnn, w_bits=3, a_bits=4, seed=4, config=cfg))
+    a = out[1]
+    assert a.keys() == out[0].keys()
+    for n in a:
+        assert torch.equal(a[n], out[0][n]), n
     assert any(not torch.equal(other[n], out[0][n]) for n in other)
 
 
@@ -313,3 +315,17 @@ def test_fused_lsq_quantizer_matches_autograd(drop):
     torch.testing.assert_close(xa.grad, xb.grad, rtol=3e-7, atol=0)  # autograd's g * s / s: 1 ulp
     torch.testing.assert_close(q.scale.grad, s.grad, rtol=1e-5, atol=1e-7)
     assert (q.scale.grad.abs() > 0).all()
+
+
+def test_cache_limit_falls_back_or_refuses(cnn, monkeypatch):
+    from lowbit.methods import adaround as A
+
+    monkeypatch.setattr(A, "CACHE_LIMIT_BYTES", 64 * 1024)
+    cfg = dict(iters=5, include_activation=True)
+    rep = quant(cnn, w_bits=3, config=cfg).lowbit_report
+    assert rep["b1.conv1"].extra["objective"] == "gram" and not rep["b1.conv1"].extra["relu_in_loss"]
+    with pytest.raises(ValueError, match="layer 'stem': the rows objective would cache"):
+        quant(cnn, w_bits=3, config=dict(cfg, objective="rows"))
+    rep = quant(cnn, w_bits=3, config=dict(iters=5, mode="block")).lowbit_report
+    per_sample = (2 * 8 * 8 * 8 + 8 * 8 * 8) * 4  # X, Xq and Y of block b1
+    assert rep["b1.conv1"].extra["block_samples"] == 64 * 1024 // per_sample < 512

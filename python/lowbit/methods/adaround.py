@@ -54,6 +54,7 @@ OBJECTIVES = ("auto", "gram", "rows")
 _PROGRESS_UPDATES = 50  # progress-bar refreshes per layer / block
 LAYER_ITERS = 10000  # default iterations per layer (the AdaRound paper's)
 BLOCK_ITERS = 2000  # default iterations per block (CPU budget; BRECQ/QDrop use 20000 on a GPU)
+CACHE_LIMIT_BYTES = 2 << 30  # rows objective / block mode: cap on the cached calibration tensors
 GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this many rows steps
 
 
@@ -302,11 +303,19 @@ def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Gr
             rows_per_sample = y[0].numel() // o
             if data is None:
                 objective = _pick_objective(config, relu, grid, rows_per_sample)
+                need = sum(bt.size for bt in batches) * (xq[0].numel() + y[0].numel()) * 4
+                if objective == "rows" and need > CACHE_LIMIT_BYTES:
+                    if config.objective == "rows":
+                        raise ValueError(
+                            f"layer '{name}': the rows objective would cache {need / 2**30:.1f} GiB of "
+                            f"calibration tensors (limit {CACHE_LIMIT_BYTES / 2**30:.1f} GiB); lower "
+                            "num_samples or use objective='gram'")
+                    objective, relu = "gram", False  # auto: exact gram, activation left out
                 data = _LayerData(objective, relu, 0, 0.0)
                 if objective == "gram":
                     data.H = np.zeros((G, d, d), np.float32)
                     data.C = np.zeros((G, d, d), np.float32)
-            target = torch.relu(y) if relu else y
+            target = torch.relu(y) if data.relu else y
             data.n_rows += y.shape[0] * rows_per_sample
             data.y_sq += float(target.double().pow(2).sum())
             if data.objective == "gram":
@@ -390,7 +399,7 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
                 bias = None if q.bias is None else q.bias.detach()
                 rec, reg, soft = _native.rounding_run_rows(
                     grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.X, data.Y, sched, step, k,
-                    bias=bias, conv=geo, relu=relu, batch=config.batch, seed=_seed(ctx, config, unit),
+                    bias=bias, conv=geo, relu=data.relu, batch=config.batch, seed=_seed(ctx, config, unit),
                     groups=grid.groups)
             step += k
             bar.update(k)
@@ -407,7 +416,7 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
     row.method = "nearest (kept)" if kept else "adaround"
     row.seconds += seconds
     y_ref = data.y_sq / max(data.n_rows, 1)
-    ctx.note(name, adaround_mode="layer", objective=data.objective, relu_in_loss=relu,
+    ctx.note(name, adaround_mode="layer", objective=data.objective, relu_in_loss=data.relu,
              recon_nearest=before / y_ref if y_ref > 0 else 0.0,
              recon_adaround=after / y_ref if y_ref > 0 else 0.0,
              soft_share=grid.soft_share(V), iters=iters, kept_nearest=kept,
@@ -592,8 +601,11 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
         got["xq"] = args[0].detach()
         raise _Stop
 
+    left = None  # samples still to cache: at most CACHE_LIMIT_BYTES of X, Xq and Y together
     with torch.no_grad():
         for b in batches:
+            if left is not None and left <= 0:
+                break
             hooks = [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)]
             try:
                 _run_until(ctx.fp_model, b)
@@ -605,9 +617,14 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
                 _run_until(ctx.qmodel, b)
             finally:
                 h.remove()
-            xs.append(got.pop("x").float())
-            ys.append(got.pop("y").float())
-            xqs.append(got.pop("xq").float())
+            x, y, xq = got.pop("x").float(), got.pop("y").float(), got.pop("xq").float()
+            if left is None:
+                left = max(1, CACHE_LIMIT_BYTES // ((2 * x[0].numel() + y[0].numel()) * 4))
+            k = min(left, x.shape[0])
+            xs.append(x[:k])
+            ys.append(y[:k])
+            xqs.append(xq[:k])
+            left -= k
     X, Xq, Y = torch.cat(xs), torch.cat(xqs), torch.cat(ys)
     if not (torch.isfinite(Xq).all() and torch.isfinite(Y).all()):
         raise ValueError(f"block '{unit.name}': NaN or Inf in its calibration inputs or outputs")
@@ -729,7 +746,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
         ctx.note(n, adaround_mode="block", block=unit.name, objective="block",
                  recon_nearest=before / y_ref if y_ref > 0 else 0.0,
                  recon_adaround=after / y_ref if y_ref > 0 else 0.0,
-                 soft_share=grids[n].soft_share(states[n][0]), iters=iters,
+                 soft_share=grids[n].soft_share(states[n][0]), iters=iters, block_samples=int(N),
                  drop_prob=config.drop_prob, kept_nearest=kept, adaround_seconds=round(seconds, 3))
 
 
