@@ -10,6 +10,7 @@ void bind_gram(py::module_& m);
 void bind_pack(py::module_& m);
 void bind_qmatmul(py::module_& m);
 void bind_threshold(py::module_& m);
+void bind_rounding(py::module_& m);
 }  // namespace lowbit::bind
 
 PYBIND11_MODULE(_lowbit, m) {
@@ -23,4 +24,5 @@ PYBIND11_MODULE(_lowbit, m) {
   lowbit::bind::bind_pack(m);
   lowbit::bind::bind_qmatmul(m);
   lowbit::bind::bind_threshold(m);
+  lowbit::bind::bind_rounding(m);
 }

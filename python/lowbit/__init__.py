@@ -23,6 +23,7 @@ _EXPORTS = {
     "register_method": "lowbit.registry",
     "QuantConfig": "lowbit.config",
     "NearestConfig": "lowbit.methods.nearest",
+    "AdaRoundConfig": "lowbit.methods.adaround",
     "set_num_threads": "lowbit._native",
     "get_num_threads": "lowbit._native",
     "pack": "lowbit.pack",  # a callable module: lowbit.pack(qmodel) and `from lowbit.pack import ...`

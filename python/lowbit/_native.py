@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import NamedTuple, Union
 
+
+from typing import Optional, Union
+
 import numpy as np
 import torch
 
@@ -380,3 +383,186 @@ def threshold_quantize(x: ArrayLike, thresholds: ArrayLike, bits: int) -> np.nda
     codes = np.empty(xa.shape, dtype=np.uint8)
     _C.threshold_quantize(xa, as_f32(thresholds), int(bits), codes)
     return codes
+
+
+# --- rounding: AdaRound's layer engine (rounding.h) --------------------------------------
+#
+# State arrays (V, m, v) are updated in place: pass float32 C-contiguous NumPy arrays or CPU
+# tensors (their .numpy() view shares memory); anything that would need a copy is refused.
+
+
+def inout_f32(x: ArrayLike, name: str) -> np.ndarray:
+    """A float32 C-contiguous array the C++ side may write into, never a copy."""
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+            raise TypeError(f"{name} must be a contiguous float32 CPU tensor (it is written in place)")
+        return x.detach().numpy()
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or not x.flags.c_contiguous:
+        raise TypeError(f"{name} must be a C-contiguous float32 array (it is written in place)")
+    return x
+
+
+def _grid(W: ArrayLike, scale: ArrayLike, zero: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return as_2d(as_f32(W)), as_2d(as_f32(scale)), as_2d(as_f32(zero))
+
+
+def rounding_schedule(
+    iters: int,
+    *,
+    warmup: float = 0.2,
+    beta: tuple[float, float] = (20.0, 2.0),
+    reg_lambda: float = 0.01,
+    lr: float = 1e-3,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+):
+    """The C++ schedule object: iterations T, warm-up share, beta (start, end), lambda, Adam."""
+    s = _C.RoundingSchedule()
+    s.iters = int(iters)
+    s.warmup = float(warmup)
+    s.beta_start, s.beta_end = float(beta[0]), float(beta[1])
+    s.reg_lambda = float(reg_lambda)
+    s.lr = float(lr)
+    s.adam_beta1, s.adam_beta2 = float(adam_betas[0]), float(adam_betas[1])
+    s.adam_eps = float(adam_eps)
+    return s
+
+
+def rounding_init(W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int) -> np.ndarray:
+    """V (o, d) with h(V) = frac(W / s), so that the soft weight starts at W."""
+    w, s, z = _grid(W, scale, zero)
+    V = np.empty(w.shape, np.float32)
+    _C.rounding_init(w, s, z, int(bits), V)
+    return V
+
+
+def rounding_soft_weight(
+    W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int, V: ArrayLike,
+    *, Wt: Optional[ArrayLike] = None, h: Optional[ArrayLike] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """W~(V) and h(V), both (o, d); written into Wt / h when given (e.g. torch-owned buffers)."""
+    w, s, z = _grid(W, scale, zero)
+    wt = np.empty(w.shape, np.float32) if Wt is None else inout_f32(Wt, "Wt").reshape(w.shape)
+    hh = np.empty(w.shape, np.float32) if h is None else inout_f32(h, "h").reshape(w.shape)
+    _C.rounding_soft_weight(w, s, z, int(bits), as_f32(V).reshape(w.shape), wt, hh)
+    return wt, hh
+
+
+def rounding_hard_codes(W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int, V: ArrayLike) -> np.ndarray:
+    """uint8 codes (o, d): floor(W/s) + [V >= 0] + z, clamped to the grid."""
+    w, s, z = _grid(W, scale, zero)
+    codes = np.empty(w.shape, np.uint8)
+    _C.rounding_hard_codes(w, s, z, int(bits), as_f32(V).reshape(w.shape), codes)
+    return codes
+
+
+def rounding_apply_grad(
+    W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int,
+    V: ArrayLike, m: ArrayLike, v: ArrayLike, grad: ArrayLike, step: int, schedule,
+    *, Wt_next: Optional[ArrayLike] = None,
+) -> tuple[float, float]:
+    """One optimiser step from dL/dW~ (o, d): chain rule, regulariser at step t, Adam on V, m, v
+    (in place). Returns (regulariser loss, share of h not yet binary) at the step's V.
+    Wt_next (o, d), when given, receives W~ of the updated V (e.g. a torch-owned buffer)."""
+    w, s, z = _grid(W, scale, zero)
+    reg, soft = _C.rounding_apply_grad(
+        w, s, z, int(bits), inout_f32(V, "V").reshape(w.shape), inout_f32(m, "m").reshape(w.shape),
+        inout_f32(v, "v").reshape(w.shape), as_f32(grad).reshape(w.shape), int(step), schedule,
+        None if Wt_next is None else inout_f32(Wt_next, "Wt_next"),
+    )
+    return float(reg), float(soft)
+
+
+def rounding_gram_loss_grad(
+    W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int, Wt: ArrayLike,
+    H: ArrayLike, C: ArrayLike, c0: float, n: float, *, groups: int = 1,
+) -> tuple[float, np.ndarray]:
+    """Gram objective at W~: (loss, dloss/dW~); H, C (groups, d, d) (or (d, d) when groups=1)."""
+    w, s, z = _grid(W, scale, zero)
+    d = w.shape[1]
+    grad = np.empty(w.shape, np.float32)
+    loss = _C.rounding_gram_loss_grad(
+        w, s, z, int(bits), int(groups), as_f32(Wt).reshape(w.shape),
+        as_f32(H).reshape(groups, d, d), as_f32(C).reshape(groups, d, d), float(c0), float(n), grad,
+    )
+    return float(loss), grad
+
+
+def _conv_args(conv) -> Optional[tuple]:
+    if conv is None:
+        return None
+    return tuple(tuple(int(a) for a in conv[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
+
+
+def rounding_rows_loss_grad(
+    W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int, Wt: ArrayLike,
+    X: ArrayLike, Y: ArrayLike, *, bias: Optional[ArrayLike] = None, conv: Optional[dict] = None,
+    relu: bool = False, batch: int = 32, seed: int = 0, step: int = 0, groups: int = 1,
+) -> tuple[float, np.ndarray]:
+    """Rows objective at W~ on the minibatch of `step` (all samples when batch >= N).
+
+    X: Linear inputs (N, P, d) or a conv input (N, C, H, W) with ``conv`` = dict(kernel_size,
+    stride, padding, dilation); Y: FP outputs after f, (N, P, o) or (N, o, out_h, out_w).
+    """
+    w, s, z = _grid(W, scale, zero)
+    grad = np.empty(w.shape, np.float32)
+    loss = _C.rounding_rows_loss_grad(
+        w, s, z, int(bits), int(groups), as_f32(Wt).reshape(w.shape), as_f32(X), as_f32(Y),
+        None if bias is None else as_f32(bias), _conv_args(conv), bool(relu), int(batch),
+        int(seed), int(step), grad,
+    )
+    return float(loss), grad
+
+
+def rounding_run_gram(
+    W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int,
+    V: ArrayLike, m: ArrayLike, v: ArrayLike, H: ArrayLike, C: ArrayLike, c0: float, n: float,
+    schedule, step0: int, nsteps: int, *, groups: int = 1,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Steps step0+1 .. step0+nsteps on the Gram objective, V/m/v in place.
+
+    Returns (rec_loss (nsteps,), reg_loss (nsteps,), share of h not binary at the last step).
+    """
+    w, s, z = _grid(W, scale, zero)
+    d = w.shape[1]
+    rec = np.empty(nsteps, np.float32)
+    reg = np.empty(nsteps, np.float32)
+    _, soft = _C.rounding_run_gram(
+        w, s, z, int(bits), int(groups), inout_f32(V, "V").reshape(w.shape),
+        inout_f32(m, "m").reshape(w.shape), inout_f32(v, "v").reshape(w.shape),
+        as_f32(H).reshape(groups, d, d), as_f32(C).reshape(groups, d, d), float(c0), float(n),
+        schedule, int(step0), int(nsteps), rec, reg,
+    )
+    return rec, reg, float(soft)
+
+
+def rounding_run_rows(
+    W: ArrayLike, scale: ArrayLike, zero: ArrayLike, bits: int,
+    V: ArrayLike, m: ArrayLike, v: ArrayLike, X: ArrayLike, Y: ArrayLike, schedule,
+    step0: int, nsteps: int, *, bias: Optional[ArrayLike] = None, conv: Optional[dict] = None,
+    relu: bool = False, batch: int = 32, seed: int = 0, groups: int = 1,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Steps step0+1 .. step0+nsteps on minibatches of rows (see rounding_rows_loss_grad)."""
+    w, s, z = _grid(W, scale, zero)
+    rec = np.empty(nsteps, np.float32)
+    reg = np.empty(nsteps, np.float32)
+    _, soft = _C.rounding_run_rows(
+        w, s, z, int(bits), int(groups), inout_f32(V, "V").reshape(w.shape),
+        inout_f32(m, "m").reshape(w.shape), inout_f32(v, "v").reshape(w.shape), as_f32(X),
+        as_f32(Y), None if bias is None else as_f32(bias), _conv_args(conv), bool(relu),
+        int(batch), int(seed), schedule, int(step0), int(nsteps), rec, reg,
+    )
+    return rec, reg, float(soft)
+
+
+def rounding_sample_batch(seed: int, t: int, n: int, k: int) -> np.ndarray:
+    """The k sample indices (int32) the rows objective uses at step t."""
+    out = np.empty(k, np.int32)
+    _C.rounding_sample_batch(int(seed), int(t), int(n), out)
+    return out
+
+
+def rounding_cost(o: int, d: int, groups: int, rows_per_batch: int) -> tuple[float, float]:
+    """Estimated multiply-adds per step: (gram, rows)."""
+    return (float(_C.rounding_cost_gram(o, d, groups)),
+            float(_C.rounding_cost_rows(o, d, groups, rows_per_batch)))

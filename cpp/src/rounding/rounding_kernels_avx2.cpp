@@ -1,0 +1,7 @@
+#include "rounding_kernels.inc"
+
+namespace lowbit::rounding_detail {
+
+Kernels kernels_avx2() { return {update_segment, soft_segment, gemm_nn, "avx2"}; }
+
+}  // namespace lowbit::rounding_detail

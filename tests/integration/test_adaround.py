@@ -1,0 +1,284 @@
+"""AdaRound through lowbit.quantize on small models trained on scikit-learn's digits: layer mode
+(gram and rows objectives), block mode (BRECQ / QDrop with LSQ steps), determinism, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lowbit
+from lowbit import _native
+from lowbit.methods.adaround import AdaRoundConfig, BlockExtension, find_blocks, relu_followed
+
+# Fast schedule for tests: lr 2e-2 lets V saturate in a few hundred steps (the paper's 1e-3
+# needs ~2.4 / lr steps) and lambda 0.1 pulls h to 0/1 within them.
+FAST = dict(iters=500, lr=2e-2, reg_lambda=0.1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Training and the block loop are many small torch ops: one thread is faster on 2 shared cores.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    return X[perm[:1200]], y[perm[:1200]], X[perm[1200:]], y[perm[1200:]]
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(64, 96), nn.Linear(96, 64), nn.Linear(64, 10)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        x = self.act(self.fc1(x.flatten(1)))
+        return self.fc3(F.relu(self.fc2(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return (self.bn2(self.conv2(out)) + x).relu()
+
+
+class ResNetLet(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.b1 = Block(c)
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.b2 = Block(2 * c)
+        self.fc = nn.Linear(2 * c, 10)
+
+    def forward(self, x):
+        x = self.b1(torch.relu(self.bn(self.stem(x))))
+        x = self.b2(F.relu(self.down(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def train(model, epochs, seed=0):
+    torch.manual_seed(seed)
+    Xtr, ytr, _, _ = DATA
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(ytr))
+        for i in range(0, len(ytr), 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(Xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+DATA = digits()
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    return train(MLP(), 15)
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return train(ResNetLet(), 14)
+
+
+def loader(n=512, bs=64):
+    Xtr, ytr = DATA[0], DATA[1]
+    return [(Xtr[i : i + bs], ytr[i : i + bs]) for i in range(0, n, bs)]
+
+
+def accuracy(model):
+    _, _, Xte, yte = DATA
+    with torch.no_grad():
+        return float((model(Xte).argmax(1) == yte).float().mean()) * 100
+
+
+def quant(model, method="adaround", **kw):
+    kw.setdefault("keep_first_last", None)
+    return lowbit.quantize(model, loader(), method, progress=False, **kw)
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def test_config_defaults_and_errors():
+    c = AdaRoundConfig()
+    assert (c.iters, c.reg_lambda, c.beta, c.warmup, c.lr, c.batch, c.num_samples) == (
+        10000, 0.01, (20.0, 2.0), 0.2, 1e-3, 32, 1024)
+    assert AdaRoundConfig.from_dict({"beta": [10, 2]}).beta == (10.0, 2.0)  # JSON lists
+    for bad, field in [({"iters": 0}, "iters"), ({"mode": "net"}, "mode"), ({"objective": "x"}, "objective"),
+                       ({"drop_prob": 1.5}, "drop_prob"), ({"beta": (2, 20)}, "beta"),
+                       ({"include_activation": True, "objective": "gram"}, "include_activation"),
+                       ({"batch": 2.5}, "batch")]:
+        with pytest.raises(ValueError, match=field):
+            AdaRoundConfig.from_dict(bad)
+    with pytest.raises(ValueError, match="unknown option"):
+        AdaRoundConfig.from_dict({"iterations": 5})
+    assert "adaround" in lowbit.list_methods()
+
+
+def test_relu_detection_sees_modules_functions_and_methods(cnn, mlp):
+    b = loader()[0]
+    from lowbit.calib import to_batch
+
+    found = relu_followed(cnn, dict(cnn.named_modules()), to_batch(b))
+    # conv -> BN -> relu: the (unfolded) BN output, not the conv, feeds the ReLU here
+    assert {"bn", "b1.bn1", "b2.bn1", "down"} <= found
+    assert not {"b1.conv2", "b1", "b2", "fc", "stem"} & found
+    assert relu_followed(mlp, dict(mlp.named_modules()), to_batch(b)) == {"fc1", "fc2"}
+
+
+# --- layer mode -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("w_bits", [2, 3])
+def test_layer_mode_binarises_and_beats_nearest(mlp, w_bits):
+    near = quant(mlp, "nearest", w_bits=w_bits)
+    ada = quant(mlp, w_bits=w_bits, config=dict(FAST, keep_better=False))
+    rep = ada.lowbit_report
+    for name in ("fc1", "fc2", "fc3"):
+        x = rep[name].extra
+        assert rep[name].method == "adaround" and x["objective"] == "gram" and x["iters"] == 500
+        assert x["soft_share"] < 0.3, (name, x)  # fully binary needs a longer schedule (below)
+        assert x["recon_adaround"] < x["recon_nearest"], (name, x)
+        assert rep[name].recon_error < near.lowbit_report[name].recon_error
+        assert not torch.equal(ada.get_submodule(name).codes, near.get_submodule(name).codes)
+    fp, a_near, a_ada = accuracy(mlp), accuracy(near), accuracy(ada)
+    assert a_ada >= a_near - 0.5 and a_ada >= fp - (2 if w_bits == 3 else 4), (fp, a_near, a_ada)
+    if w_bits == 2:
+        assert a_ada > a_near, (a_near, a_ada)
+
+
+def test_longer_schedule_ends_binary(mlp):
+    ada = quant(mlp, w_bits=3, config=dict(iters=2000, lr=1e-2, reg_lambda=0.1))
+    for row in ada.lowbit_report.layers:
+        assert row.extra["soft_share"] < 0.01, (row.name, row.extra)
+
+
+def test_layer_mode_cnn_with_activations_in_the_loss(cnn):
+    w = 3
+    near = quant(cnn, "nearest", w_bits=w, a_bits=4)
+    cfg = dict(FAST, iters=200, include_activation=True, keep_better=False)
+    ada = quant(cnn, w_bits=w, a_bits=4, config=cfg)
+    rep = ada.lowbit_report
+    # layers straight before a ReLU (after BN folding) put it in the loss -> rows objective
+    assert rep["b1.conv1"].extra["objective"] == "rows" and rep["b1.conv1"].extra["relu_in_loss"]
+    assert rep["down"].extra["objective"] == "rows"
+    assert not rep["b1.conv2"].extra["relu_in_loss"]  # add before the ReLU
+    for row in rep.layers:
+        assert row.extra["recon_adaround"] < row.extra["recon_nearest"], (row.name, row.extra)
+    assert accuracy(ada) >= accuracy(near) - 1.0
+
+
+def test_objectives_can_be_forced_and_keep_better_guards(mlp):
+    rows = quant(mlp, w_bits=3, config=dict(FAST, iters=100, objective="rows", batch=16))
+    assert {r.extra["objective"] for r in rows.lowbit_report.layers} == {"rows"}
+    # one step cannot learn anything: keep_better falls back to nearest where it is worse
+    one = quant(mlp, w_bits=3, config=dict(iters=1))
+    near = quant(mlp, "nearest", w_bits=3)
+    for r in one.lowbit_report.layers:
+        assert r.extra["recon_adaround"] <= r.extra["recon_nearest"] or r.extra["kept_nearest"]
+        if r.extra["kept_nearest"]:
+            assert r.method == "nearest (kept)"
+            assert torch.equal(one.get_submodule(r.name).codes, near.get_submodule(r.name).codes)
+
+
+def codes_of(model):
+    return {n: m.codes.clone() for n, m in model.named_modules() if hasattr(m, "codes")}
+
+
+@pytest.mark.parametrize("mode", ["layer", "block"])
+def test_identical_with_one_and_two_threads_and_seeded(cnn, mode):
+    cfg = dict(FAST, iters=60, mode=mode, objective="auto", include_activation=mode == "layer")
+    old = _native.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2, 2):
+            _native.set_num_threads(threads)
+            out.append(codes_of(quant(cnn, w_bits=3, a_bits=4, seed=3, config=cfg)))
+    finally:
+        _native.set_num_threads(old)
+    for a in out[1:]:
+        assert a.keys() == out[0].keys()
+        for n in a:
+            assert torch.equal(a[n], out[0][n]), n
+    other = codes_of(quant(cnn, w_bits=3, a_bits=4, seed=4, config=cfg))
+    assert any(not torch.equal(other[n], out[0][n]) for n in other)
+
+
+# --- block mode -------------------------------------------------------------------------
+
+
+def test_find_blocks_picks_the_residual_blocks(cnn):
+    from lowbit.calib import to_batch
+
+    names = ["stem", "b1.conv1", "b1.conv2", "down", "b2.conv1", "b2.conv2", "fc"]
+    units = find_blocks(cnn, names, to_batch(loader()[0]))
+    assert [(u.name, u.layers) for u in units] == [("b1", ["b1.conv1", "b1.conv2"]),
+                                                    ("b2", ["b2.conv1", "b2.conv2"])]
+
+
+@pytest.mark.parametrize("drop_prob", [0.0, 0.5])
+def test_block_mode_w3a4_beats_nearest(cnn, drop_prob):
+    near = quant(cnn, "nearest", w_bits=3, a_bits=4)
+    cfg = dict(FAST, mode="block", drop_prob=drop_prob, keep_better=False)
+    ada = quant(cnn, w_bits=3, a_bits=4, config=cfg)
+    rep = ada.lowbit_report
+    for n in ("b1.conv1", "b1.conv2", "b2.conv1", "b2.conv2"):
+        x = rep[n].extra
+        assert x["adaround_mode"] == "block" and x["block"] == n.split(".")[0]
+        assert x["recon_adaround"] < x["recon_nearest"], (n, x)
+        assert x["soft_share"] < 0.3, (n, x)  # the fast schedule leaves some h soft
+    assert rep["stem"].extra["adaround_mode"] == "layer"  # outside the blocks
+    # learned activation steps of the layers inside blocks
+    assert ada.b1.conv2.act_quant.scale.item() != near.b1.conv2.act_quant.scale.item()
+    assert ada.down.act_quant.scale.item() == near.down.act_quant.scale.item()
+    assert accuracy(ada) >= accuracy(near) - 1.0
+
+
+def test_block_extension_parameters_ride_along(cnn):
+    from lowbit.api import quantize
+    from lowbit.methods import adaround as A
+
+    seen = {}
+
+    class OutputGain(BlockExtension):
+        def setup(self, ctx, unit, config, seed):
+            self.gain = nn.Parameter(torch.ones(()))
+            block = ctx.qmodel.get_submodule(unit.name)
+            self.hook = block.register_forward_hook(lambda m, a, out: out * self.gain)
+            return [{"params": [self.gain], "lr": 1e-2}]
+
+        def finish(self, ctx, unit, keep):
+            self.hook.remove()
+            seen[unit.name] = (float(self.gain.detach()), keep)
+
+    cfg = AdaRoundConfig(iters=30, lr=1e-2, mode="block", learn_act_scale=False, keep_better=False)
+
+    @lowbit.register_method("adaround_gain_test", type("GainCfg", (AdaRoundConfig,), {}))
+    def run(ctx, config):
+        A.run_reconstruction(ctx, cfg, extensions=[OutputGain()])
+
+    quantize(cnn, loader(), "adaround_gain_test", w_bits=3, a_bits=4, progress=False, keep_first_last=None)
+    assert set(seen) == {"b1", "b2"} and all(g != 1.0 and keep for g, keep in seen.values())
