@@ -74,6 +74,16 @@ void bind_quant(py::module_& m) {
       py::arg("n_grid"), py::arg("shrink"), py::arg("scale").noconvert(),
       py::arg("zero").noconvert());
   m.def(
+      "lp_error",
+      [](const Array<float>& x, float s, float z, int bits, float p) {
+        const float* d = x.data();
+        const int64_t n = x.size();
+        py::gil_scoped_release release;
+        return lp_error(d, n, s, z, bits, p);
+      },
+      py::arg("x").noconvert(), py::arg("scale"), py::arg("zero"), py::arg("bits"),
+      py::arg("p"));
+  m.def(
       "hessian_loss",
       [](const Array<float>& dW, const Array<float>& H, Array<float>& out) {
         auto dv = matrix_in(dW, "dW");

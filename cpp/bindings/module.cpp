@@ -11,6 +11,7 @@ void bind_pack(py::module_& m);
 void bind_qmatmul(py::module_& m);
 void bind_threshold(py::module_& m);
 void bind_rounding(py::module_& m);
+void bind_linalg(py::module_& m);
 }  // namespace lowbit::bind
 
 PYBIND11_MODULE(_lowbit, m) {
@@ -25,4 +26,5 @@ PYBIND11_MODULE(_lowbit, m) {
   lowbit::bind::bind_qmatmul(m);
   lowbit::bind::bind_threshold(m);
   lowbit::bind::bind_rounding(m);
+  lowbit::bind::bind_linalg(m);
 }

@@ -155,6 +155,12 @@ def lp_range_search(
     return scale, zero
 
 
+def lp_error(x: ArrayLike, scale: float, zero: float, bits: int, p: float = 2.4) -> float:
+    """sum |x - fake_quantize(x)|^p over all of x (double) for one range, exactly as
+    lp_range_search ranks its candidates (quant.h: polynomial pow for 0 < p <= 6)."""
+    return float(_C.lp_error(as_f32(x).reshape(-1), float(scale), float(zero), int(bits), float(p)))
+
+
 def hessian_loss(dW: ArrayLike, H: ArrayLike) -> np.ndarray:
     """Per output channel c: dW_c^T H dW_c, for dW (N, K) and H (K, K)."""
     d = as_2d(as_f32(dW))
@@ -563,3 +569,40 @@ def rounding_cost(o: int, d: int, groups: int, rows_per_batch: int) -> tuple[flo
     """Estimated multiply-adds per step: (gram, rows)."""
     return (float(_C.rounding_cost_gram(o, d, groups)),
             float(_C.rounding_cost_rows(o, d, groups, rows_per_batch)))
+
+
+# --- linalg: dense float32 products (linalg.h) -------------------------------------------
+
+
+def sgemm(
+    A: ArrayLike,
+    B: ArrayLike,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    C: np.ndarray | None = None,
+) -> np.ndarray:
+    """C = alpha * op(A) @ op(B) + beta * C (op = transpose when trans_*), in lowbit's own
+    blocked GEMM: results do not depend on the thread count. C, if given, is a float32
+    C-contiguous array updated in place (and returned); otherwise a new one (beta ignored)."""
+    a = as_2d(as_f32(A))
+    b = as_2d(as_f32(B))
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(f"op(A) is ({M}, {K}) but op(B) is ({Kb}, {N}): inner sizes differ")
+    if C is None:
+        C = np.empty((M, N), np.float32)
+        beta = 0.0
+    elif C.shape != (M, N):
+        raise ValueError(f"C must have shape ({M}, {N}), got {C.shape}")
+    _C.sgemm(bool(trans_a), bool(trans_b), M, N, K, float(alpha), a, a.shape[1], b, b.shape[1], float(beta), C, N)
+    return C
+
+
+def syrk_tn_acc(A: ArrayLike, C: np.ndarray) -> None:
+    """C (d, d) += A^T A for A (n, d); only C's upper triangle is read (C must be symmetric),
+    and C leaves exactly symmetric. The Gram kernel behind gram_accumulate."""
+    _C.ssyrk_tn_acc(as_2d(as_f32(A)), C)

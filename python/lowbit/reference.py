@@ -575,3 +575,14 @@ def rounding_rows_loss_grad(Wt, X, Y, *, bias=None, conv=None, relu=False, batch
             R = R * (pre > 0)
         grad[sl] = 2 * R.T @ rows[g] / Yr.shape[0]
     return loss / Yr.shape[0], grad
+
+
+# --- lp_error ------------------------------------------------------------------------------
+
+
+def lp_error(x, scale, zero, bits, p=2.4):
+    """sum |x - fake_quantize(x)|^p in float64 (the quantity lp_range_search minimises)."""
+    x = np.asarray(x, np.float32).reshape(1, -1)
+    s, z = np.float32(scale), np.float32(zero)
+    err = np.abs(x - fake_quantize(x, s, z, bits)).astype(np.float64)
+    return float(np.sum(err**p))

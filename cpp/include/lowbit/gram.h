@@ -9,7 +9,9 @@
 
 namespace lowbit {
 
-// H (d, d) += X^T X for X (n, d) rows. Both triangles are written.
+// H (d, d) += X^T X for X (n, d) rows, through ssyrk_tn_acc (linalg.h): only the upper
+// triangle of H is read and computed, the lower one is overwritten with its mirror. H must be
+// symmetric on entry (it is when it starts at zero and is only fed by these functions).
 void gram_accumulate(ConstMatrixView<float> X, MatrixView<float> H);
 
 // C (d, d) += A^T B for A, B (n, d); with A the quantized-network rows and B the FP rows,
@@ -36,8 +38,9 @@ void check_conv_geometry(const Conv2dGeometry& g);
 void im2col_rows(const float* x, const Conv2dGeometry& g, int group, int64_t row0, int64_t nrows,
                  MatrixView<float> out);
 
-// H (groups, d, d) += per-group Gram of the im2col rows of x (NCHW). With x2 given, the
-// cross-Gram instead: H[g] += rows(x)^T rows(x2).
+// H (groups, d, d) += per-group Gram of the im2col rows of x (NCHW), streamed in tiles of
+// rows; bit-identical to gram_accumulate over the whole im2col matrix (same symmetry rule).
+// With x2 given, the cross-Gram instead: H[g] += rows(x)^T rows(x2), all of H computed.
 void conv_gram_accumulate(const float* x, const float* x2, const Conv2dGeometry& g, float* H);
 
 }  // namespace lowbit

@@ -1,11 +1,15 @@
 #include "lowbit/quant.h"
 
-#include <Eigen/Dense>
+#include "lp_kernels.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "lowbit/check.h"
+#include "lowbit/cpu.h"
+#include "lowbit/linalg.h"
 #include "lowbit/parallel.h"
 
 namespace lowbit {
@@ -52,7 +56,52 @@ void range_to_params(float lo, float hi, int bits, bool symmetric, float* s, flo
   }
 }
 
+lp_detail::LpAccFn lp_kernel() {
+  const int isa = static_cast<int>(active_isa());
+  if (isa >= static_cast<int>(Isa::avx512)) return lp_detail::lp_acc_avx512;
+  if (isa >= static_cast<int>(Isa::avx2)) return lp_detail::lp_acc_avx2;
+  return lp_detail::lp_acc_scalar;
+}
+
+constexpr int64_t kLpPiece = 1024;  // elements between bound checks (a multiple of 16)
+
+// lp_error of one run without argument checks, or +inf as soon as before + (the run's partial
+// sum) exceeds `bound`: terms are >= 0 and rounded adds are monotone, so the full sum (and
+// any total it is added to) could only be larger. The kernels scale by 1/s where quantize()
+// divides by s: a value can only move across a rounding tie, whose error is s/2 either way,
+// so the sums (and the range the search picks) do not move.
+double lp_run_error(const float* x, int64_t n, float s, float z, float qmax, float p,
+                    double before = 0.0,
+                    double bound = std::numeric_limits<double>::infinity()) {
+  if (p == 2.0f || (p > 0.0f && p <= lp_detail::kMaxFastP)) {
+    const lp_detail::LpAccFn acc_fn = lp_kernel();
+    const float inv_s = 1.0f / s;
+    double acc[16] = {};
+    for (int64_t c = 0; c < n; c += kLpPiece) {
+      acc_fn(x + c, std::min(kLpPiece, n - c), inv_s, s, z, qmax, p, acc);
+      if (c + kLpPiece < n && before + lp_detail::lp_lanes_sum(acc) > bound)
+        return std::numeric_limits<double>::infinity();
+    }
+    return lp_detail::lp_lanes_sum(acc);
+  }
+  double err = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    const float e = std::fabs(x[c] - (quant_code(x[c], s, z, qmax) - z) * s);
+    err += double(std::pow(e, p));
+  }
+  return err;
+}
+
 }  // namespace
+
+double lp_error(const float* x, int64_t n, float s, float z, int bits, float p) {
+  LOWBIT_CHECK(bits >= kMinBits && bits <= kMaxBits,
+               "bits must be in [" << kMinBits << ", " << kMaxBits << "], got " << bits);
+  LOWBIT_CHECK(std::isfinite(s) && s > 0, "scale must be finite and positive, got " << s);
+  LOWBIT_CHECK(std::isfinite(z), "zero must be finite, got " << z);
+  LOWBIT_CHECK(p > 0, "p must be positive, got " << p);
+  return lp_run_error(x, n, s, z, float((1 << bits) - 1), p);
+}
 
 void check_quant_params(const QuantParams& p, int64_t rows, int64_t cols) {
   LOWBIT_CHECK(p.bits >= kMinBits && p.bits <= kMaxBits,
@@ -116,16 +165,14 @@ void lp_range_search(ConstMatrixView<float> x, const RangeSearch& rs, int64_t R,
   const int n_grid = rs.p > 0 ? rs.n_grid : 1;
   const float qmax = float((1 << rs.bits) - 1);
 
-  // One unit's error for one candidate range, summed in a fixed order (double).
-  auto unit_error = [&](int64_t u, float s, float z) {
+  // One unit's error for one candidate range: lp_error per row of the unit, added in row
+  // order; +inf once it is sure to exceed `bound`.
+  auto unit_error = [&](int64_t u, float s, float z, double bound) {
     const int64_t r0 = (R == 1 ? 0 : u / G), g = u % G;
     double err = 0;
     for (int64_t r = r0; r < r0 + rows_per_unit; ++r) {
-      const float* xr = x.row(r) + g * gsize;
-      for (int64_t c = 0; c < gsize; ++c) {
-        const float e = std::fabs(xr[c] - (quant_code(xr[c], s, z, qmax) - z) * s);
-        err += rs.p == 2.0f ? double(e * e) : double(std::pow(e, rs.p));
-      }
+      err += lp_run_error(x.row(r) + g * gsize, gsize, s, z, qmax, rs.p, err, bound);
+      if (err > bound) return std::numeric_limits<double>::infinity();
     }
     return err;
   };
@@ -142,40 +189,62 @@ void lp_range_search(ConstMatrixView<float> x, const RangeSearch& rs, int64_t R,
     *lo = l;
     *hi = h;
   };
+  // The first smallest error wins (ties keep the wider range, as the reference does).
   auto pick = [&](int64_t u, float lo, float hi, const double* errs) {
     int best = 0;
     for (int k = 1; k < n_grid; ++k)
       if (errs[k] < errs[best]) best = k;
     const float ratio = 1.0f - float(best) * rs.shrink;
     range_to_params(lo * ratio, hi * ratio, rs.bits, rs.symmetric, &scale[u], &zero[u]);
+    return best;
   };
-  auto candidate_error = [&](int64_t u, float lo, float hi, int k) {
+  auto candidate_error = [&](int64_t u, float lo, float hi, int k, double bound) {
     float s, z;
     const float ratio = 1.0f - float(k) * rs.shrink;
     range_to_params(lo * ratio, hi * ratio, rs.bits, rs.symmetric, &s, &z);
-    return unit_error(u, s, z);
+    return unit_error(u, s, z, bound);
   };
+  // Candidates are abandoned (error +inf) once their partial error exceeds the best complete
+  // one: they cannot be the minimum, so the pick is exactly that of the full grid, whatever
+  // the order the candidates are tried in. The order only sets how early that happens.
+  LOWBIT_CHECK(n_grid <= 1024, "n_grid must be at most 1024, got " << n_grid);
 
   if (units == 1) {
-    // One large unit: the candidates are the parallel axis.
+    // One large unit: the candidates are the parallel axis. Every 8th candidate first, in
+    // full; the rest under the best of those as bound.
     float lo, hi;
     unit_range(0, &lo, &hi);
     double errs[1024];
-    LOWBIT_CHECK(n_grid <= 1024, "n_grid must be at most 1024, got " << n_grid);
+    const int64_t coarse = (n_grid + 7) / 8;
+    parallel_for(0, coarse, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k)
+        errs[8 * k] = candidate_error(0, lo, hi, int(8 * k), std::numeric_limits<double>::infinity());
+    });
+    double bound = std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < coarse; ++k) bound = std::min(bound, errs[8 * k]);
     parallel_for(0, n_grid, 1, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) errs[k] = candidate_error(0, lo, hi, int(k));
+      for (int64_t k = k0; k < k1; ++k)
+        if (k % 8) errs[k] = candidate_error(0, lo, hi, int(k), bound);
     });
     pick(0, lo, hi, errs);
     return;
   }
-  LOWBIT_CHECK(n_grid <= 1024, "n_grid must be at most 1024, got " << n_grid);
-  parallel_for(0, units, 4, [&](int64_t u0, int64_t u1) {
+  parallel_for(0, units, 8, [&](int64_t u0, int64_t u1) {
     double errs[1024];
+    int guess = 0;  // neighbouring units (rows of one layer) have similar best candidates
     for (int64_t u = u0; u < u1; ++u) {
       float lo, hi;
       unit_range(u, &lo, &hi);
-      for (int k = 0; k < n_grid; ++k) errs[k] = candidate_error(u, lo, hi, k);
-      pick(u, lo, hi, errs);
+      double best = std::numeric_limits<double>::infinity();
+      // guess, guess - 1, guess + 1, guess - 2, ...
+      for (int i = 0, tried = 0; tried < n_grid; ++i) {
+        const int k = guess + ((i & 1) ? -(i + 1) / 2 : i / 2);
+        if (k < 0 || k >= n_grid) continue;
+        ++tried;
+        errs[k] = candidate_error(u, lo, hi, k, best);
+        best = std::min(best, errs[k]);
+      }
+      guess = pick(u, lo, hi, errs);
     }
   });
 }
@@ -184,15 +253,18 @@ void hessian_loss(ConstMatrixView<float> dW, ConstMatrixView<float> H, float* lo
   LOWBIT_CHECK(H.rows == dW.cols && H.cols == dW.cols,
                "H must be (" << dW.cols << ", " << dW.cols << "), got (" << H.rows << ", "
                              << H.cols << ")");
-  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Stride = Eigen::OuterStride<>;
-  Eigen::Map<const RowMat, 0, Stride> h(H.data, H.rows, H.cols, Stride(H.stride));
-  // Fixed row blocks: each block's product is the same computation whatever the thread count.
+  // dW H in one product (threads over its tiles), then each row's dot in double, in order.
+  std::vector<float> dh(size_t(dW.rows * dW.cols));
+  MatrixView<float> DH(dh.data(), dW.rows, dW.cols);
+  gemm(dW, false, H, false, DH);
   parallel_for(0, dW.rows, 32, [&](int64_t r0, int64_t r1) {
-    Eigen::Map<const RowMat, 0, Stride> d(dW.row(r0), r1 - r0, dW.cols, Stride(dW.stride));
-    const RowMat dh = d * h;
-    for (int64_t r = r0; r < r1; ++r)
-      loss[r] = float(dh.row(r - r0).cast<double>().dot(d.row(r - r0).cast<double>()));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* d = dW.row(r);
+      const float* h = DH.row(r);
+      double acc = 0;
+      for (int64_t k = 0; k < dW.cols; ++k) acc += double(d[k]) * double(h[k]);
+      loss[r] = float(acc);
+    }
   });
 }
 
