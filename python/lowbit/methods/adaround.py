@@ -46,12 +46,15 @@ from tqdm.auto import tqdm
 
 from lowbit import _native, calib
 from lowbit.config import QuantConfig, check_range
-from lowbit.quantizers import QuantLayer, UniformActQuantizer, float_weight_2d, round_ste
+from lowbit.quantizers import QuantLayer, UniformActQuantizer, float_weight_2d
 from lowbit.registry import register_method
 
 MODES = ("layer", "block")
 OBJECTIVES = ("auto", "gram", "rows")
 _PROGRESS_UPDATES = 50  # progress-bar refreshes per layer / block
+LAYER_ITERS = 10000  # default iterations per layer (the AdaRound paper's)
+BLOCK_ITERS = 2000  # default iterations per block (CPU budget; BRECQ/QDrop use 20000 on a GPU)
+CACHE_LIMIT_BYTES = 2 << 30  # rows objective / block mode: cap on the cached calibration tensors
 GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this many rows steps
 
 
@@ -59,7 +62,9 @@ GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this m
 class AdaRoundConfig(QuantConfig):
     """Options of AdaRound (see the module docstring for the paper's symbols).
 
-    iters: optimisation steps per layer (layer mode) or block (block mode).
+    iters: optimisation steps per layer or block; None (default) takes LAYER_ITERS (10000, the
+        paper's) for a layer and BLOCK_ITERS (2000) for a block, whose steps run torch autograd
+        through the whole block and cost far more on a CPU (BRECQ/QDrop use 20000 on a GPU).
     reg_lambda, beta, warmup: the rounding regulariser lambda * sum(1 - |2h - 1|^beta), off for
         the first ``warmup`` share of the steps, beta falling linearly from beta[0] to beta[1].
     lr: Adam learning rate on V. batch: samples per minibatch. num_samples: calibration samples
@@ -77,7 +82,7 @@ class AdaRoundConfig(QuantConfig):
     seed_offset: added to lowbit.quantize's seed for the minibatch and QDrop draws.
     """
 
-    iters: int = 10000
+    iters: int | None = None
     reg_lambda: float = 0.01
     beta: tuple[float, float] = (20.0, 2.0)
     warmup: float = 0.2
@@ -95,7 +100,8 @@ class AdaRoundConfig(QuantConfig):
     seed_offset: int = 0
 
     def validate(self) -> None:
-        check_range("iters", self.iters, 1, 10**7, integer=True)
+        if self.iters is not None:
+            check_range("iters", self.iters, 1, 10**7, integer=True)
         check_range("reg_lambda", self.reg_lambda, 0.0, 1e6)
         beta = self.beta
         if not isinstance(beta, (tuple, list)) or len(beta) != 2:
@@ -123,8 +129,14 @@ class AdaRoundConfig(QuantConfig):
         check_range("act_lr", self.act_lr, 0.0, 10.0)
         check_range("seed_offset", self.seed_offset, -(2**62), 2**62, integer=True)
 
-    def schedule(self):
-        return _native.rounding_schedule(self.iters, warmup=self.warmup, beta=self.beta,
+    def steps(self, unit: str) -> int:
+        """Iterations for a "layer" or a "block"."""
+        if self.iters is not None:
+            return self.iters
+        return LAYER_ITERS if unit == "layer" else BLOCK_ITERS
+
+    def schedule(self, unit: str):
+        return _native.rounding_schedule(self.steps(unit), warmup=self.warmup, beta=self.beta,
                                          reg_lambda=self.reg_lambda, lr=self.lr)
 
 
@@ -291,11 +303,19 @@ def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Gr
             rows_per_sample = y[0].numel() // o
             if data is None:
                 objective = _pick_objective(config, relu, grid, rows_per_sample)
+                need = sum(bt.size for bt in batches) * (xq[0].numel() + y[0].numel()) * 4
+                if objective == "rows" and need > CACHE_LIMIT_BYTES:
+                    if config.objective == "rows":
+                        raise ValueError(
+                            f"layer '{name}': the rows objective would cache {need / 2**30:.1f} GiB of "
+                            f"calibration tensors (limit {CACHE_LIMIT_BYTES / 2**30:.1f} GiB); lower "
+                            "num_samples or use objective='gram'")
+                    objective, relu = "gram", False  # auto: exact gram, activation left out
                 data = _LayerData(objective, relu, 0, 0.0)
                 if objective == "gram":
                     data.H = np.zeros((G, d, d), np.float32)
                     data.C = np.zeros((G, d, d), np.float32)
-            target = torch.relu(y) if relu else y
+            target = torch.relu(y) if data.relu else y
             data.n_rows += y.shape[0] * rows_per_sample
             data.y_sq += float(target.double().pow(2).sum())
             if data.objective == "gram":
@@ -362,14 +382,15 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
     before = _layer_loss(ctx, name, grid, data, _dequant(grid, near_codes))
 
     V, m, v = grid.init_state()
-    sched = config.schedule()
+    iters = config.steps("layer")
+    sched = config.schedule("layer")
     geo = _conv_geometry(q)
-    bar = _progress(ctx, config.iters, f"adaround {name} ({data.objective})")
-    chunk = max(1, math.ceil(config.iters / _PROGRESS_UPDATES))
+    bar = _progress(ctx, iters, f"adaround {name} ({data.objective})")
+    chunk = max(1, math.ceil(iters / _PROGRESS_UPDATES))
     step, soft = 0, 1.0
     try:
-        while step < config.iters:
-            k = min(chunk, config.iters - step)
+        while step < iters:
+            k = min(chunk, iters - step)
             if data.objective == "gram":
                 rec, reg, soft = _native.rounding_run_gram(
                     grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.H, data.C, data.c0,
@@ -378,7 +399,7 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
                 bias = None if q.bias is None else q.bias.detach()
                 rec, reg, soft = _native.rounding_run_rows(
                     grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.X, data.Y, sched, step, k,
-                    bias=bias, conv=geo, relu=relu, batch=config.batch, seed=_seed(ctx, config, unit),
+                    bias=bias, conv=geo, relu=data.relu, batch=config.batch, seed=_seed(ctx, config, unit),
                     groups=grid.groups)
             step += k
             bar.update(k)
@@ -395,10 +416,10 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
     row.method = "nearest (kept)" if kept else "adaround"
     row.seconds += seconds
     y_ref = data.y_sq / max(data.n_rows, 1)
-    ctx.note(name, adaround_mode="layer", objective=data.objective, relu_in_loss=relu,
+    ctx.note(name, adaround_mode="layer", objective=data.objective, relu_in_loss=data.relu,
              recon_nearest=before / y_ref if y_ref > 0 else 0.0,
              recon_adaround=after / y_ref if y_ref > 0 else 0.0,
-             soft_share=grid.soft_share(V), iters=config.iters, kept_nearest=kept,
+             soft_share=grid.soft_share(V), iters=iters, kept_nearest=kept,
              adaround_seconds=round(seconds, 3))
 
 
@@ -463,15 +484,50 @@ class BlockExtension:
         """keep: whether the block's learned state is kept (False when nearest was kept)."""
 
 
-class _GradScale(torch.autograd.Function):
+class _LsqDrop(torch.autograd.Function):
+    """Uniform fake quantization with QDrop dropping in one pass, and its LSQ backward.
+
+    Forward: xq = s * (clamp(round(x/s) + z, 0, qmax) - z), replaced by x where ``drop`` (a 0/1
+    float mask) is 1.
+    Backward (straight-through round): dx = g where the element was dropped or inside the grid,
+    0 where clipped; ds = grad_scale * sum(g * t) over kept elements with t = round(x/s) - x/s
+    inside the grid and the clipped level (0 or qmax) - z outside (LSQ, Esser et al. 2020).
+    """
+
     @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
+    def forward(ctx, x, scale, zero, qmax, drop, grad_scale, learn):
+        with torch.no_grad():
+            v = x / scale
+            r = torch.round(v).add_(zero)
+            inside = (r >= 0) & (r <= qmax)
+            lvl = r.clamp_(0, qmax).sub_(zero)  # clipped level - z
+            out = lvl * scale
+            # Masks as 0/1 floats: lerp and products beat where / masked_fill on CPU, and
+            # lerp with weight 0 or 1 returns exactly one of its ends.
+            insf = inside.to(x.dtype)
+            if drop is not None:
+                out = torch.lerp(out, x, drop)
+                passthrough = torch.maximum(insf, drop)
+            else:
+                passthrough = insf
+            if learn:
+                t = lvl.sub_(v.mul_(insf))
+                if drop is not None:
+                    t.mul_(1.0 - drop)
+                ctx.save_for_backward(passthrough, t)
+            else:
+                ctx.save_for_backward(passthrough)
+        ctx.grad_scale, ctx.learn = grad_scale, learn
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        return g * ctx.scale, None
+        saved = ctx.saved_tensors
+        gx = g * saved[0]
+        gs = None
+        if ctx.learn:
+            gs = (g * saved[1]).sum().reshape(1) * ctx.grad_scale
+        return gx, gs, None, None, None, None, None
 
 
 class LsqActQuant(nn.Module):
@@ -490,16 +546,12 @@ class LsqActQuant(nn.Module):
         return self.base.bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qmax = self.base.qmax
-        s = self.scale
-        if s.requires_grad:
-            s = _GradScale.apply(s, 1.0 / math.sqrt(x.numel() * qmax))
-        z = self.base.zero
-        xq = (torch.clamp(round_ste(x / s) + z, 0, qmax) - z) * s
+        qmax = float(self.base.qmax)
+        drop = None
         if self.drop_prob > 0:
-            drop = torch.rand(x.shape, generator=self.gen) < self.drop_prob
-            xq = torch.where(drop, x, xq)
-        return xq
+            drop = (torch.rand(x.shape, generator=self.gen) < self.drop_prob).to(x.dtype)
+        learn = self.scale.requires_grad
+        return _LsqDrop.apply(x, self.scale, self.base.zero, qmax, drop, 1.0 / math.sqrt(x.numel() * qmax), learn)
 
 
 class ActStepExtension(BlockExtension):
@@ -549,8 +601,11 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
         got["xq"] = args[0].detach()
         raise _Stop
 
+    left = None  # samples still to cache: at most CACHE_LIMIT_BYTES of X, Xq and Y together
     with torch.no_grad():
         for b in batches:
+            if left is not None and left <= 0:
+                break
             hooks = [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)]
             try:
                 _run_until(ctx.fp_model, b)
@@ -562,9 +617,14 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
                 _run_until(ctx.qmodel, b)
             finally:
                 h.remove()
-            xs.append(got.pop("x").float())
-            ys.append(got.pop("y").float())
-            xqs.append(got.pop("xq").float())
+            x, y, xq = got.pop("x").float(), got.pop("y").float(), got.pop("xq").float()
+            if left is None:
+                left = max(1, CACHE_LIMIT_BYTES // ((2 * x[0].numel() + y[0].numel()) * 4))
+            k = min(left, x.shape[0])
+            xs.append(x[:k])
+            ys.append(y[:k])
+            xqs.append(xq[:k])
+            left -= k
     X, Xq, Y = torch.cat(xs), torch.cat(xqs), torch.cat(ys)
     if not (torch.isfinite(Xq).all() and torch.isfinite(Y).all()):
         raise ValueError(f"block '{unit.name}': NaN or Inf in its calibration inputs or outputs")
@@ -574,7 +634,8 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
 def _rec_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over rows (batch and positions) of the sum over channels of the squared error."""
     channels = out.shape[1] if out.dim() == 4 else out.shape[-1]
-    return (out - y).pow(2).sum() * (channels / out.numel())
+    diff = out - y
+    return (diff * diff).sum() * (channels / out.numel())
 
 
 def _block_eval(block: nn.Module, Xq: torch.Tensor, Y: torch.Tensor) -> tuple[float, float]:
@@ -609,7 +670,8 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
     exts = [ActStepExtension(), *extensions]
     groups = [g for i, e in enumerate(exts) for g in e.setup(ctx, unit, config, seed + 1 + i)]
     opt = torch.optim.Adam(groups) if groups else None
-    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iters, eta_min=0.0) if opt else None
+    iters = config.steps("block")
+    sched_lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=0.0) if opt else None
 
     states, wts = {}, {}
     for n, g in grids.items():
@@ -619,18 +681,19 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
         _native.rounding_soft_weight(g.W, g.scale, g.zero, g.bits, states[n][0], Wt=wt)
         wt.requires_grad_(True)
         wts[n] = wt
-    sched = config.schedule()
-    bar = _progress(ctx, config.iters, f"adaround block {unit.name}")
-    every = max(1, math.ceil(config.iters / _PROGRESS_UPDATES))
+    sched = config.schedule("block")
+    bar = _progress(ctx, iters, f"adaround block {unit.name}")
+    every = max(1, math.ceil(iters / _PROGRESS_UPDATES))
     N = Xq.shape[0]
     bsz = min(config.batch, N)
     soft = 1.0
     try:
-        for t in range(1, config.iters + 1):
+        for t in range(1, iters + 1):
             idx = torch.randperm(N, generator=gen)[:bsz]
             x = Xq[idx]
             if config.drop_prob > 0:
-                x = torch.where(torch.rand(x.shape, generator=gen) < config.drop_prob, X[idx], x)
+                mix = (torch.rand(x.shape, generator=gen) < config.drop_prob).to(x.dtype)
+                x = torch.lerp(x, X[idx], mix)  # exact ends for weights 0 / 1
             for n, wt in wts.items():
                 wt.grad = None
                 ctx.qlayer(n).weight_override = wt.view(ctx.qlayer(n).weight_shape)
@@ -650,7 +713,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
             if opt is not None:
                 opt.step()
                 sched_lr.step()
-            if t % every == 0 or t == config.iters:
+            if t % every == 0 or t == iters:
                 bar.update(t - bar.n)
                 bar.set_postfix(rec=f"{loss.detach().item():.4g}", reg=f"{reg:.4g}", soft=f"{soft:.2f}")
     finally:
@@ -683,7 +746,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
         ctx.note(n, adaround_mode="block", block=unit.name, objective="block",
                  recon_nearest=before / y_ref if y_ref > 0 else 0.0,
                  recon_adaround=after / y_ref if y_ref > 0 else 0.0,
-                 soft_share=grids[n].soft_share(states[n][0]), iters=config.iters,
+                 soft_share=grids[n].soft_share(states[n][0]), iters=iters, block_samples=int(N),
                  drop_prob=config.drop_prob, kept_nearest=kept, adaround_seconds=round(seconds, 3))
 
 

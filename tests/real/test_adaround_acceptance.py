@@ -1,0 +1,48 @@
+"""AdaRound on the bundled fmnist-resnet (skipped until the zoo is built).
+
+Shortened schedules keep these within a few minutes on 2 cores; the full-schedule figures
+(10000 iterations per layer, 3 seeds) come from benchmarks/adaround_fmnist.py.
+"""
+
+import pytest
+
+import lowbit
+
+zoo = pytest.importorskip("lowbit.zoo", reason="the bundled-model zoo is not built yet")
+from lowbit.data import AssetMissing  # noqa: E402
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+
+def load(name: str, **kw):
+    try:
+        return zoo.load_task(name, **kw)
+    except AssetMissing as e:
+        pytest.skip(str(e))
+
+
+def run(task, method, w_bits, a_bits=None, num_samples=512, config=None):
+    return lowbit.quantize(task.model, task.calib_loader, method, w_bits=w_bits, a_bits=a_bits,
+                           num_samples=num_samples, progress=False, config=config, **task.quantize_kwargs)
+
+
+def test_fmnist_resnet_w2_layer_mode():
+    task = load("fmnist-resnet")
+    fp = task.evaluate(task.model)["metric"]
+    near = task.evaluate(run(task, "nearest", 2))["metric"]
+    q = run(task, "adaround", 2, config={"iters": 2000})
+    ada = task.evaluate(q)["metric"]
+    assert ada >= fp - 3.0 and ada >= near + 10.0, (fp, near, ada)
+    for row in q.lowbit_report.layers:
+        if row.extra:
+            assert row.extra["recon_adaround"] < row.extra["recon_nearest"], (row.name, row.extra)
+
+
+def test_fmnist_resnet_w4a4_block_qdrop():
+    task = load("fmnist-resnet")
+    fp = task.evaluate(task.model)["metric"]
+    q = run(task, "adaround", 4, 4, num_samples=256, config={"mode": "block", "iters": 200})
+    ada = task.evaluate(q)["metric"]
+    assert ada >= fp - 2.5, (fp, ada)
+    modes = {r.name: r.extra.get("adaround_mode") for r in q.lowbit_report.layers if r.extra}
+    assert modes["layer1.0.conv1"] == "block" and modes["layer3.1.conv2"] == "block", modes
