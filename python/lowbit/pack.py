@@ -14,6 +14,12 @@ What each layer computes
 * **Dynamic int8** (opt-in, ``pack(qmodel, dynamic_act=True)``): layers without an activation
   quantizer quantize each input row to int8 on the fly (symmetric, per row), like torch's
   dynamic quantized Linear: faster for batched inputs, no longer exact.
+* **Threshold path** (the layer has a threshold quantizer from ``lowbit.threshold``: AQuant's
+  learned borders, N2UQ's LTQ): the per-channel multi-threshold requantize step
+  ``code = #{k : x >= t[c, k]}`` (C++ ``threshold_quantize``, on the layer input before im2col)
+  gives the integer codes, which the static int8 kernel consumes with the quantizer's output
+  step and zero point. Exact like the static path: the codes are the fake-quant model's (hard
+  decisions, as in eval mode). AQuant borders learned for other weight codes are refused.
 * Other activation quantizers (not a plain ``UniformActQuantizer``) run in torch first, then the
   weight-only kernel: exact up to float rounding, at weight-only speed.
 
@@ -55,6 +61,30 @@ def container_bits(w_bits: int) -> int:
     if 5 <= w_bits <= 7:
         return 8
     raise ValueError(f"no packed format for {w_bits}-bit weights (2..8 are supported)")
+
+
+def _is_threshold(aq: nn.Module | None) -> bool:
+    from lowbit.threshold import _ThresholdActQuantizer
+
+    return isinstance(aq, _ThresholdActQuantizer)
+
+
+def _threshold_act(aq: nn.Module) -> tuple[float, float, int]:
+    """(output step, zero point, bits) of a threshold quantizer, checked for the int8 kernel."""
+    s, z = float(aq.output_scale()), float(aq.zero.reshape(-1)[0])
+    if not (np.isfinite(s) and s > 0 and z == round(z) and 0 <= z <= aq.qmax):
+        raise ValueError(f"threshold quantizer with output step {s} and zero point {z} cannot be packed "
+                         f"(needs a finite step > 0 and an integer zero in 0..{aq.qmax})")
+    return s, z, int(aq.bits)
+
+
+def threshold_requantize(aq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The inference form of a threshold quantizer on x (its channel layout): the codes of the
+    multi-threshold compare, returned as s * (code - z) so that the static int8 kernel's own
+    rounding gives back exactly the same codes."""
+    s, z, _ = _threshold_act(aq)
+    codes = aq.codes(x)
+    return (codes.to(torch.float32) - z) * s
 
 
 def _fusable(aq: nn.Module | None) -> bool:
@@ -114,8 +144,11 @@ class PackedLayer(nn.Module):
 
     @property
     def path(self) -> str:
-        """Which kernel path forward() takes: "int8_static", "int8_dynamic" or "weight_only"."""
+        """Which kernel path forward() takes: "int8_static", "threshold_int8", "int8_dynamic"
+        or "weight_only"."""
         if self.act_quant is not None:
+            if _is_threshold(self.act_quant):
+                return "threshold_int8"
             return "int8_static" if _fusable(self.act_quant) else "weight_only"
         return "int8_dynamic" if self.dynamic_act else "weight_only"
 
@@ -148,6 +181,9 @@ class PackedLayer(nn.Module):
             aq = self.act_quant
             act = (float(aq.scale.reshape(-1)[0]), float(aq.zero.reshape(-1)[0]), int(aq.bits))
             y = _native.qmatmul_a8(p, x2, act, b, np.ascontiguousarray(self._all_row_sums()[rows]))
+        elif path == "threshold_int8":  # x2 already went through threshold_requantize
+            y = _native.qmatmul_a8(p, x2, _threshold_act(self.act_quant), b,
+                                   np.ascontiguousarray(self._all_row_sums()[rows]))
         elif path == "int8_dynamic":
             y = _native.qmatmul_a8(p, x2, None, b)
         else:
@@ -179,6 +215,8 @@ class PackedLinear(PackedLayer):
         x, dtype = _prep(x)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected {self.in_features} input features, got input of shape {tuple(x.shape)}")
+        if self.path == "threshold_int8":
+            x = threshold_requantize(self.act_quant, x)
         y = self._matmul(x.reshape(-1, self.in_features).contiguous())
         return y.reshape(*x.shape[:-1], self.out_features).to(dtype)
 
@@ -240,6 +278,8 @@ class PackedConv2d(PackedLayer):
             raise ValueError(f"expected (N, {self.in_channels}, H, W) input, got {tuple(x.shape)}")
         if not self.uses_kernel:
             return self._forward_decoded(x).to(dtype)
+        if self.path == "threshold_int8":  # per input channel: before im2col
+            x = threshold_requantize(self.act_quant, x)
         left, right, top, bottom = self._pads(x.shape[2], x.shape[3])
         if (left, top) != (right, bottom):
             x = F.pad(x, (left, right, top, bottom))
@@ -273,7 +313,9 @@ class PackedConv2d(PackedLayer):
     def _forward_decoded(self, x: torch.Tensor) -> torch.Tensor:
         if self._weight_cache is None:
             self._weight_cache = self.weight
-        if self.act_quant is not None:
+        if _is_threshold(self.act_quant):
+            x = threshold_requantize(self.act_quant, x)
+        elif self.act_quant is not None:
             x = self.act_quant(x)
         return F.conv2d(x, self._weight_cache, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
@@ -315,6 +357,10 @@ def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = Fal
     if twin is not None:
         return twin(name, dynamic_act)
     _, group_size, p = _pack_arrays(layer, name)
+    if _is_threshold(layer.act_quant):
+        from lowbit.methods.aquant import check_borders
+
+        check_borders(layer, name)
     aq = copy.deepcopy(layer.act_quant)
     kw = dict(w_bits=layer.w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
               scales=torch.from_numpy(p.scales), zeros=torch.from_numpy(p.zeros), bias=layer.bias,

@@ -475,10 +475,26 @@ class BlockExtension:
     the loop steps them with Adam and a cosine learning-rate decay to 0 over the block's
     iterations, after each backward pass. ``finish`` writes the learned values back.
     AQuant adds its activation borders this way; LSQ activation steps are the built-in one.
+    ``begin_step``, ``extra_loss`` and ``before_eval`` are optional per-step / end hooks;
+    ``replaces_act_steps`` = True leaves the block's activation quantizers to the extension
+    (the built-in LSQ extension is then not added).
     """
+
+    replaces_act_steps: bool = False
 
     def setup(self, ctx, unit: BlockUnit, config: AdaRoundConfig, seed: int) -> list[dict[str, Any]]:
         return []
+
+    def begin_step(self, t: int, iters: int) -> None:
+        """Called before the forward pass of step t (1..iters): schedules (temperatures)."""
+
+    def extra_loss(self, out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        """A term added to step's loss; out: the block output, idx: the minibatch's sample
+        indices into the calibration samples (in calibration order)."""
+        return None
+
+    def before_eval(self) -> None:
+        """Learning is over; called before the block's final evaluation (no dropping, hard)."""
 
     def finish(self, ctx, unit: BlockUnit, keep: bool) -> None:
         """keep: whether the block's learned state is kept (False when nearest was kept)."""
@@ -575,6 +591,10 @@ class ActStepExtension(BlockExtension):
                 params.append(lsq.scale)
         return [{"params": params, "lr": config.act_lr}] if params and config.act_lr > 0 else []
 
+    def before_eval(self):
+        for _, _, lsq in self.swapped:
+            lsq.drop_prob = 0.0
+
     def finish(self, ctx, unit, keep):
         for q, base, lsq in self.swapped:
             if keep and lsq.scale.requires_grad:
@@ -667,7 +687,8 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
 
     seed = _seed(ctx, config, 10_000 + index)
     gen = torch.Generator().manual_seed(seed)
-    exts = [ActStepExtension(), *extensions]
+    extensions = list(extensions)
+    exts = [*([] if any(e.replaces_act_steps for e in extensions) else [ActStepExtension()]), *extensions]
     groups = [g for i, e in enumerate(exts) for g in e.setup(ctx, unit, config, seed + 1 + i)]
     opt = torch.optim.Adam(groups) if groups else None
     iters = config.steps("block")
@@ -699,7 +720,14 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
                 ctx.qlayer(n).weight_override = wt.view(ctx.qlayer(n).weight_shape)
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
-            loss = _rec_loss(block(x), Y[idx])
+            for e in exts:
+                e.begin_step(t, iters)
+            out = block(x)
+            loss = _rec_loss(out, Y[idx])
+            for e in exts:
+                extra = e.extra_loss(out, idx)
+                if extra is not None:
+                    loss = loss + extra
             loss.backward()
             reg = 0.0
             soft_n = 0.0
@@ -726,9 +754,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
         q.set_codes(g.hard_codes(states[n][0]), q.scale, q.zero, q.w_bits)
     # Evaluated with the learned activation steps still in place but without dropping.
     for e in exts:
-        if isinstance(e, ActStepExtension):
-            for _, _, lsq in e.swapped:
-                lsq.drop_prob = 0.0
+        e.before_eval()
     after, _ = _block_eval(block, Xq, Y)
     kept = config.keep_better and after > before
     for e in exts:
