@@ -8,10 +8,7 @@ allocates the outputs, and hands plain NumPy arrays to the binding, which refuse
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
-
-
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
