@@ -24,6 +24,8 @@ _EXPORTS = {
     "QuantConfig": "lowbit.config",
     "NearestConfig": "lowbit.methods.nearest",
     "AdaRoundConfig": "lowbit.methods.adaround",
+    "N2UQConfig": "lowbit.methods.n2uq",
+    "finetune": "lowbit.finetune",
     "set_num_threads": "lowbit._native",
     "get_num_threads": "lowbit._native",
     "pack": "lowbit.pack",  # a callable module: lowbit.pack(qmodel) and `from lowbit.pack import ...`
