@@ -8,17 +8,7 @@ import pytest
 
 import lowbit
 
-zoo = pytest.importorskip("lowbit.zoo", reason="the bundled-model zoo is not built yet")
-from lowbit.data import AssetMissing  # noqa: E402
-
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-
-
-def load(name: str, **kw):
-    try:
-        return zoo.load_task(name, **kw)
-    except AssetMissing as e:
-        pytest.skip(str(e))
 
 
 def run(task, method, w_bits, a_bits=None, num_samples=512, config=None):
@@ -26,8 +16,8 @@ def run(task, method, w_bits, a_bits=None, num_samples=512, config=None):
                            num_samples=num_samples, progress=False, config=config, **task.quantize_kwargs)
 
 
-def test_fmnist_resnet_w2_layer_mode():
-    task = load("fmnist-resnet")
+def test_fmnist_resnet_w2_layer_mode(load_task):
+    task = load_task("fmnist-resnet")
     fp = task.evaluate(task.model)["metric"]
     near = task.evaluate(run(task, "nearest", 2))["metric"]
     q = run(task, "adaround", 2, config={"iters": 1000})
@@ -38,10 +28,10 @@ def test_fmnist_resnet_w2_layer_mode():
             assert row.extra["recon_adaround"] < row.extra["recon_nearest"], (row.name, row.extra)
 
 
-def test_fmnist_resnet_w2a4_block_qdrop():
+def test_fmnist_resnet_w2a4_block_qdrop(load_task):
     # W2A4, where nearest collapses (about 25 %); at W4A4 nearest is already within a point of FP
     # and could not tell a working block reconstruction from a broken one.
-    task = load("fmnist-resnet")
+    task = load_task("fmnist-resnet")
     near = task.evaluate(run(task, "nearest", 2, 4, num_samples=256))["metric"]
     q = run(task, "adaround", 2, 4, num_samples=256, config={"mode": "block", "iters": 100})
     ada = task.evaluate(q)["metric"]

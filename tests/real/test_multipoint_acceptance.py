@@ -10,9 +10,6 @@ import torch
 
 import lowbit
 
-zoo = pytest.importorskip("lowbit.zoo", reason="the bundled-model zoo is not built yet")
-from lowbit.data import AssetMissing  # noqa: E402
-
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
@@ -27,11 +24,8 @@ def one_thread():
     lowbit.set_num_threads(0)  # back to the default
 
 
-def test_fmnist_resnet_multipoint_w2(one_thread):
-    try:
-        task = zoo.load_task("fmnist-resnet", seed=0, quick=True)
-    except AssetMissing as e:
-        pytest.skip(str(e))
+def test_fmnist_resnet_multipoint_w2(one_thread, load_task):
+    task = load_task("fmnist-resnet", seed=0, quick=True)
     kw = dict(w_bits=2, a_bits=None, granularity="channel", seed=0, progress=False, **task.quantize_kwargs)
 
     def acc(method, **cfg):

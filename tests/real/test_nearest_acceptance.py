@@ -21,17 +21,7 @@ import torch.nn as nn
 
 import lowbit
 
-zoo = pytest.importorskip("lowbit.zoo", reason="the bundled-model zoo is not built yet")
-from lowbit.data import AssetMissing  # noqa: E402
-
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-
-
-def load(name: str, **kw):
-    try:
-        return zoo.load_task(name, **kw)
-    except AssetMissing as e:
-        pytest.skip(str(e))
 
 
 def nearest(task, w_bits, a_bits, num_samples=256, **kw):
@@ -72,8 +62,8 @@ def torch_w8a8(model: nn.Module, calib: list) -> nn.Module:
     return q
 
 
-def test_fmnist_resnet_nearest():
-    task = load("fmnist-resnet")
+def test_fmnist_resnet_nearest(load_task):
+    task = load_task("fmnist-resnet")
     fp = task.evaluate(task.model)["metric"]
     assert fp >= 90.0
     w8a8 = task.evaluate(nearest(task, 8, 8))["metric"]
@@ -82,8 +72,8 @@ def test_fmnist_resnet_nearest():
     assert w4a8 >= fp - 2.0, (fp, w4a8)
 
 
-def test_mobilenet_v2_nearest_w8a8():
-    task = load("mobilenet_v2", quick=True)
+def test_mobilenet_v2_nearest_w8a8(load_task):
+    task = load_task("mobilenet_v2", quick=True)
     res = task.evaluate(nearest(task, 8, 8, num_samples=64, config={"bias_correction": True}))
     ref = task.evaluate(torch_w8a8(task.model, task.calib_loader))
     assert res["logit_error"] < ref["logit_error"], (res, ref)
@@ -91,8 +81,8 @@ def test_mobilenet_v2_nearest_w8a8():
     assert res["metric"] >= ref["metric"] - 1.0, (res, ref)  # the linear probe on FMNIST features
 
 
-def test_minilm_nearest_w8():
-    task = load("minilm", quick=True)
+def test_minilm_nearest_w8(load_task):
+    task = load_task("minilm", quick=True)
     fp = task.evaluate(task.model)["metric"]
     res = task.evaluate(nearest(task, 8, None, num_samples=128))
     assert res["agreement"] >= 99.0, res  # mean cosine x 100
