@@ -13,8 +13,8 @@ take it unchanged. Numbers after ``finetune`` are QAT numbers, not post-training
 What trains, per quantized layer:
 
 - the weight through a latent float copy (straight-through rounding) that starts inside the
-  rounding cell of the current code, as close to the float weight as that allows, so step 0
-  reproduces the quantized model exactly;
+  rounding cell of the current code (at the float weight where that lies in the cell, else at the
+  cell's centre: ``latent_start``), so step 0 reproduces the quantized model exactly;
 - the weight grid: ``"n2uq"`` learns the clip alpha (one per layer) of N2UQ's L1-normalised
   per-channel scales, mid-rise levels kept; ``"lsq"`` learns every scale of the grid (LSQ, per
   channel or group), zero points kept. ``"auto"`` takes ``"n2uq"`` where ``method="n2uq"`` built
@@ -102,8 +102,14 @@ class WeightFakeQuant(nn.Module):
 
 
 def latent_start(layer: QuantLayer, w_float: torch.Tensor | None) -> torch.Tensor:
-    """The float weight clamped into the rounding cell of the layer's current codes (the codes'
-    dequantized values where no float weight is known)."""
+    """Where each latent weight starts: the float weight where it lies in the rounding cell of
+    its current code (clamped to +-CELL_MARGIN steps so that step 0 re-rounds to that code), and
+    the centre of the code's cell (its dequantized value) where the method that built the model
+    rounded it into another cell (AdaRound, N2UQ-PTQ) or no float weight is known.
+
+    Clamping such weights to the edge of their cell instead would leave them 0.01 steps from the
+    cell they were rounded away from: Adam's first step moves every weight by about lr whatever
+    its gradient, so it would flip them all back at once and undo the method's rounding."""
     codes = layer.codes
     deq = dequantize_codes(codes, layer.scale, layer.zero)
     if w_float is None:
@@ -111,9 +117,11 @@ def latent_start(layer: QuantLayer, w_float: torch.Tensor | None) -> torch.Tenso
     rows, cols = codes.shape
     s = expand_units(layer.scale, rows, cols)
     qmax = (1 << layer.w_bits) - 1
+    w = w_float.reshape(rows, cols).float()
     lo = torch.where(codes == 0, torch.full_like(deq, -math.inf), deq - CELL_MARGIN * s)
     hi = torch.where(codes == qmax, torch.full_like(deq, math.inf), deq + CELL_MARGIN * s)
-    return torch.minimum(torch.maximum(w_float.reshape(rows, cols).float(), lo), hi)
+    in_cell = (w >= torch.where(codes == 0, lo, deq - 0.5 * s)) & (w <= torch.where(codes == qmax, hi, deq + 0.5 * s))
+    return torch.where(in_cell, torch.minimum(torch.maximum(w, lo), hi), deq)
 
 
 def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -334,7 +342,8 @@ def finetune(
     epoch_seconds, epoch_loss = [], []
     first_loss = None
     try:
-        with torch.random.fork_rng(devices=[]):
+        # A training loop: gradients on whatever the caller's grad mode (e.g. inside no_grad).
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(seed)
             for epoch in range(epochs):
                 t0 = time.perf_counter()

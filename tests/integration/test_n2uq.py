@@ -305,3 +305,23 @@ def test_finetune_errors(mlp):
         lowbit.finetune(bare, train_loader())
     with pytest.raises(TypeError, match="train_loader"):
         lowbit.finetune(ptq, torch.zeros(3))
+
+
+def test_finetune_latent_start_keeps_the_methods_rounding():
+    """Latent weights start at the float weight where it lies in its code's cell, and at the
+    cell's centre where the method rounded it into another cell (never at the edge, where
+    Adam's first step, about lr for every weight, would flip it back)."""
+    from lowbit.finetune import CELL_MARGIN, latent_start
+
+    codes = torch.tensor([[0, 1, 2, 3, 1, 2]], dtype=torch.uint8)
+    layer = QuantLayer(codes, torch.tensor([[0.5]]), torch.tensor([[1.5]]), None, 2, (1, 6))
+    deq = dequantize_codes(codes, layer.scale, layer.zero)  # -0.75 -0.25 0.25 0.75 -0.25 0.25
+    w = torch.tensor([[-3.0, -0.2, 0.3, 0.5, 0.6, 0.499]])
+    lat = latent_start(layer, w)
+    # in cell: kept (codes 0 and 3 have open outer cells), but within CELL_MARGIN steps of the
+    # centre on the inner side (0.5, 0.499 sit on their cells' edges); 0.6 was rounded into
+    # code 1's cell from code 3's: the centre
+    expected = torch.tensor([[-3.0, -0.2, 0.3, 0.75 - CELL_MARGIN * 0.5, -0.25, 0.25 + CELL_MARGIN * 0.5]])
+    torch.testing.assert_close(lat, expected, rtol=0, atol=1e-6)
+    assert torch.equal(torch.round(lat / 0.5 + 1.5).clamp(0, 3).to(torch.uint8), codes)
+    assert torch.equal(latent_start(layer, None), deq)
