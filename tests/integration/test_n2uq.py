@@ -192,10 +192,16 @@ def test_n2uq_ptq_contract(cnn, bits):
     assert max(r.extra.get("threshold_shift_max", 0.0) for r in rep.layers) > 1e-3
 
 
-def test_n2uq_ptq_beats_nearest_at_w2a2(cnn):
+@pytest.fixture(scope="module")
+def cnn_w2a2(cnn):
+    """N2UQ-PTQ W2A2 of the CNN, shared by the tests that only read it (finetune copies it)."""
+    return quant(cnn, w_bits=2, a_bits=2)
+
+
+def test_n2uq_ptq_beats_nearest_at_w2a2(cnn, cnn_w2a2):
     fp = accuracy(cnn)
     near = accuracy(quant(cnn, "nearest", w_bits=2, a_bits=2))
-    n2uq = accuracy(quant(cnn, w_bits=2, a_bits=2))
+    n2uq = accuracy(cnn_w2a2)
     assert n2uq > near, (fp, near, n2uq)
 
 
@@ -215,9 +221,12 @@ def test_n2uq_outside_blocks_and_determinism(mlp):
 def test_n2uq_uniform_grid_option_and_packed_kernels(cnn):
     q = quant(cnn, w_bits=3, a_bits=3, config={**FAST, "weight_grid": "uniform", "iters": 50})
     assert all(lowbit.report(q)[n].extra["weight_grid"] == "uniform" for n in qlayers(q))
-    # N2UQ grid: the packed kernels run the half-integer zero point unchanged
+    # N2UQ grid: the half-integer zero point packs exactly (as 3-bit codes 2q) for the packed kernels
     q2 = quant(cnn, w_bits=2, a_bits=2, config={**FAST, "iters": 50})
     packed = lowbit.pack(q2)
+    from lowbit.pack import PackedLayer
+
+    assert {m.w_bits for m in packed.modules() if isinstance(m, PackedLayer)} == {3}
     x = DATA[2][:64]
     with torch.no_grad():
         torch.testing.assert_close(packed(x), q2(x), rtol=1e-3, atol=1e-3)
@@ -230,8 +239,8 @@ def train_loader(n=1024, bs=32):
     return loader(n=n, bs=bs, start=128)
 
 
-def test_finetune_improves_w2a2_n2uq_over_its_ptq_start(cnn):
-    ptq = quant(cnn, w_bits=2, a_bits=2)
+def test_finetune_improves_w2a2_n2uq_over_its_ptq_start(cnn_w2a2):
+    ptq = cnn_w2a2
     start = accuracy(ptq)
     ft = lowbit.finetune(ptq, train_loader(), epochs=2, lr=3e-3, progress=False)
     assert ft is not ptq and accuracy(ptq) == start  # the input model is untouched

@@ -18,8 +18,10 @@ block mode; a quantized layer outside every block is a unit of its own):
    with G-STE through the ``BlockExtension`` hook.
 
 Stored form: ordinary uint8 codes, a per-channel scale sf_c alpha / (2^b - 1) and the half-integer
-zero (2^b - 1) / 2, so the packed kernels run it unchanged; activations keep LTQ thresholds with
-uniform integer outputs (``LTQActQuantizer.export``).
+zero (2^b - 1) / 2; ``lowbit.pack`` stores it exactly as (b + 1)-bit codes 2q with scale / 2 and
+zero 2^b - 1 (the packed formats hold integer zero points), so the packed kernels run it
+unchanged; activations keep LTQ thresholds with uniform integer outputs
+(``LTQActQuantizer.export``).
 
 Report (``ctx.note`` per layer): weight and activation level occupancy (2^b fractions each),
 dead levels, the threshold spread (largest / smallest interval between consecutive thresholds;
