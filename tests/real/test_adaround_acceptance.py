@@ -30,7 +30,7 @@ def test_fmnist_resnet_w2_layer_mode():
     task = load("fmnist-resnet")
     fp = task.evaluate(task.model)["metric"]
     near = task.evaluate(run(task, "nearest", 2))["metric"]
-    q = run(task, "adaround", 2, config={"iters": 2000})
+    q = run(task, "adaround", 2, config={"iters": 1000})
     ada = task.evaluate(q)["metric"]
     assert ada >= fp - 3.0 and ada >= near + 10.0, (fp, near, ada)
     for row in q.lowbit_report.layers:
@@ -38,11 +38,13 @@ def test_fmnist_resnet_w2_layer_mode():
             assert row.extra["recon_adaround"] < row.extra["recon_nearest"], (row.name, row.extra)
 
 
-def test_fmnist_resnet_w4a4_block_qdrop():
+def test_fmnist_resnet_w2a4_block_qdrop():
+    # W2A4, where nearest collapses (about 25 %); at W4A4 nearest is already within a point of FP
+    # and could not tell a working block reconstruction from a broken one.
     task = load("fmnist-resnet")
-    fp = task.evaluate(task.model)["metric"]
-    q = run(task, "adaround", 4, 4, num_samples=256, config={"mode": "block", "iters": 200})
+    near = task.evaluate(run(task, "nearest", 2, 4, num_samples=256))["metric"]
+    q = run(task, "adaround", 2, 4, num_samples=256, config={"mode": "block", "iters": 100})
     ada = task.evaluate(q)["metric"]
-    assert ada >= fp - 2.5, (fp, ada)
+    assert ada >= near + 30.0, (near, ada)
     modes = {r.name: r.extra.get("adaround_mode") for r in q.lowbit_report.layers if r.extra}
     assert modes["layer1.0.conv1"] == "block" and modes["layer3.1.conv2"] == "block", modes

@@ -121,7 +121,9 @@ def _probe_images(x: torch.Tensor) -> torch.Tensor:
 
 def _mobilenet_task(*, seed: int, num_calib: int, batch_size: int, quick: bool) -> Task:
     """Photos have no ImageNet labels, so two scores: top-1 agreement with FP32 on real photos,
-    and the accuracy of a logistic-regression probe fitted once on FP32 features of Fashion-MNIST."""
+    and the accuracy of a logistic-regression probe fitted once on FP32 features of Fashion-MNIST.
+    ``logit_error`` is ||logits - FP32 logits|| / ||FP32 logits|| on the photos: continuous,
+    so it ranks two quantizations where 128 crops of agreement are too coarse."""
     from sklearn.linear_model import LogisticRegression
 
     model = mobilenet_v2()
@@ -147,7 +149,9 @@ def _mobilenet_task(*, seed: int, num_calib: int, batch_size: int, quick: bool) 
         m.eval()
         pred = probe.predict(features(m, test_chunks).numpy())
         acc = 100.0 * float((torch.from_numpy(pred) == yte[: n_probe // 2]).float().mean())
-        return {"metric": acc, "agreement": _agreement(_outputs(m, eval_chunks), fp_logits)}
+        logits = _outputs(m, eval_chunks)
+        return {"metric": acc, "agreement": _agreement(logits, fp_logits),
+                "logit_error": float((logits - fp_logits).norm() / fp_logits.norm())}  # fmt: skip
 
     return Task("mobilenet_v2", model, calib, "probe accuracy", evaluate, (eval_x[:1],))
 
