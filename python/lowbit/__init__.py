@@ -26,6 +26,9 @@ _EXPORTS = {
     "AdaRoundConfig": "lowbit.methods.adaround",
     "MultipointConfig": "lowbit.methods.multipoint",
     "CladoConfig": "lowbit.methods.clado",
+    "AQuantConfig": "lowbit.methods.aquant",
+    "N2UQConfig": "lowbit.methods.n2uq",
+    "finetune": "lowbit.finetune",
     "set_num_threads": "lowbit._native",
     "get_num_threads": "lowbit._native",
     "pack": "lowbit.pack",  # a callable module: lowbit.pack(qmodel) and `from lowbit.pack import ...`

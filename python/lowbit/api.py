@@ -53,6 +53,18 @@ class QuantSettings:
     progress: bool
 
 
+class FloatReference:
+    """The BN-folded float model a quantized model came from (``qmodel.lowbit_fp.model``): the
+    default teacher and latent-weight start of ``lowbit.finetune``. Copies of the quantized model
+    (deepcopy, pack) share it instead of duplicating it; save/load do not store it."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __deepcopy__(self, memo: dict) -> FloatReference:
+        return self
+
+
 class QuantContext:
     """What a method stage reads and writes.
 
@@ -312,4 +324,5 @@ def quantize(
         row.recon_error = recon[s.name]
     report.meta["seconds"] = round(time.perf_counter() - t_start, 3)
     work.lowbit_report = report
+    work.lowbit_fp = FloatReference(fp_model)
     return work

@@ -332,10 +332,17 @@ class PackedConv2d(PackedLayer):
 
 
 def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed]:
+    """(w_bits of the stored codes, group_size, packed matrix) of a quantized layer.
+
+    Integer zero points pack as they are. Half-integer ones (mid-rise grids: N2UQ's weight grid,
+    zero (2^b - 1) / 2) pack exactly as (b + 1)-bit codes: s (q - z) = (s / 2) (2q - 2z), with
+    2q, 2z integers and s / 2 exact, so the packed weight equals the fake-quant one bit for bit
+    (2-bit N2UQ weights take the 3-bit format)."""
     if layer.weight_override is not None:
         raise ValueError(f"layer '{name}': a method is still optimising it (weight_override is set)")
-    bits = container_bits(layer.w_bits)
+    w_bits = layer.w_bits
     codes = layer.codes.reshape(layer.codes.shape[0], -1)
+    scale = layer.scale.detach().float()
     N, K = codes.shape
     R, G = layer.scale.shape
     group_size = 0 if G == 1 else K // G
@@ -343,12 +350,18 @@ def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed
         raise ValueError(f"layer '{name}': group_size {group_size} is not a multiple of 16, which the packed "
                          f"formats need; quantize with group_size 16, 32, 64, 128, ...")
     zero = layer.zero.detach().float()
-    if not torch.equal(zero, zero.round()) or zero.min() < 0 or zero.max() > (1 << layer.w_bits) - 1:
-        raise ValueError(f"layer '{name}': zero points must be integers in 0..{(1 << layer.w_bits) - 1} to pack")
-    if not torch.isfinite(layer.scale).all():
+    if not torch.equal(zero, zero.round()) and torch.equal(2 * zero, (2 * zero).round()):
+        if w_bits >= 8:
+            raise ValueError(f"layer '{name}': half-integer zero points need {w_bits + 1}-bit codes to pack; "
+                             f"the packed formats hold at most 8")
+        codes, zero, scale, w_bits = codes * 2, zero * 2, scale / 2, w_bits + 1
+    if not torch.equal(zero, zero.round()) or zero.min() < 0 or zero.max() > (1 << w_bits) - 1:
+        raise ValueError(f"layer '{name}': zero points must be integers (or half-integers) in "
+                         f"0..{(1 << layer.w_bits) - 1} to pack")
+    if not torch.isfinite(scale).all():
         raise ValueError(f"layer '{name}': non-finite weight scale")
-    p = _native.pack_weights(codes, layer.scale, zero, bits, group_size)
-    return bits, group_size, p
+    p = _native.pack_weights(codes, scale, zero, container_bits(w_bits), group_size)
+    return w_bits, group_size, p
 
 
 def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = False) -> PackedLayer:
@@ -356,13 +369,13 @@ def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = Fal
     twin = getattr(layer, "packed_twin", None)  # layers holding more than one grid (multipoint)
     if twin is not None:
         return twin(name, dynamic_act)
-    _, group_size, p = _pack_arrays(layer, name)
+    w_bits, group_size, p = _pack_arrays(layer, name)
     if _is_threshold(layer.act_quant):
         from lowbit.methods.aquant import check_borders
 
         check_borders(layer, name)
     aq = copy.deepcopy(layer.act_quant)
-    kw = dict(w_bits=layer.w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
+    kw = dict(w_bits=w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
               scales=torch.from_numpy(p.scales), zeros=torch.from_numpy(p.zeros), bias=layer.bias,
               act_quant=aq, dynamic_act=dynamic_act)
     if isinstance(layer, QuantLinear):

@@ -633,14 +633,17 @@ def _grid_full(W, scale, zero):
     return W, s, z
 
 
-def _floor_ws(W, s):
-    # floor of the float32 quotient, as the C++ computes it
-    return np.floor(W / s.astype(np.float32)).astype(np.float64)
+def _floor_ws(W, s, z):
+    # floor(W / s + zf) + zi in float32, as the C++ computes it: zf = z - floor(z) is 0 for integer
+    # zero points and 1/2 on mid-rise grids (N2UQ), zi = z - zf
+    zf = z - np.floor(z)
+    x = (W / s.astype(np.float32)).astype(np.float32) + zf.astype(np.float32)
+    return np.floor(x).astype(np.float64) + (z - zf)
 
 
 def rounding_init(W, scale, zero, bits):
     W, s, z = _grid_full(W, scale, zero)
-    x = W.astype(np.float64) / s
+    x = W.astype(np.float64) / s + (z - np.floor(z))
     frac = x - np.floor(x)
     return -np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0)
 
@@ -651,7 +654,7 @@ def rounding_soft_weight(W, scale, zero, bits, V):
     sig = 1.0 / (1.0 + np.exp(-np.asarray(V, np.float64)))
     hraw = sig * (ZETA - GAMMA) + GAMMA
     h = np.clip(hraw, 0.0, 1.0)
-    q = _floor_ws(W, s) + h + z
+    q = _floor_ws(W, s, z) + h
     qmax = 2**bits - 1
     Wt = s * (np.clip(q, 0, qmax) - z)
     dh = np.where((hraw >= 0) & (hraw <= 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
@@ -661,7 +664,7 @@ def rounding_soft_weight(W, scale, zero, bits, V):
 
 def rounding_hard_codes(W, scale, zero, bits, V):
     W, s, z = _grid_full(W, scale, zero)
-    q = _floor_ws(W, s) + (np.asarray(V) >= 0) + z
+    q = _floor_ws(W, s, z) + (np.asarray(V) >= 0)
     return np.clip(q, 0, 2**bits - 1).astype(np.uint8)
 
 
@@ -672,7 +675,7 @@ def rounding_apply_grad(W, scale, zero, bits, V, m, v, grad, t, sched):
     sig = 1.0 / (1.0 + np.exp(-np.asarray(V, np.float64)))
     hraw = sig * (ZETA - GAMMA) + GAMMA
     dh = np.where((hraw >= 0) & (hraw <= 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
-    q = _floor_ws(W, s) + h + z
+    q = _floor_ws(W, s, z) + h
     gh = np.where((q >= 0) & (q <= 2**bits - 1), np.asarray(grad, np.float64) * s, 0.0)
     reg = 0.0
     if rounding_reg_on(sched, t):

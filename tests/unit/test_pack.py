@@ -232,6 +232,30 @@ def test_integer_paths_are_exact(isa, kind, w_bits, a_bits):
         assert torch.equal(pk(x), layer(x))
 
 
+@pytest.mark.parametrize("w_bits", [2, 3, 4])
+@pytest.mark.parametrize("a_bits", [8, None])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_half_integer_zeros_pack_exactly(kind, w_bits, a_bits):
+    """Mid-rise grids (N2UQ: zero (2^b - 1) / 2, some rows integer) pack as (b + 1)-bit codes
+    2q with scale s / 2 and zero 2z: same weight bit for bit, same exact outputs."""
+    layer = grid_layer(kind, w_bits, a_bits, seed=w_bits)
+    half = torch.full_like(layer.zero, ((1 << w_bits) - 1) / 2)
+    half[::3] = 1.0  # rows with an integer zero as well
+    layer.set_codes(layer.codes, layer.scale, half, w_bits)
+    pk = pack(layer)
+    assert pk.w_bits == w_bits + 1 and pk.bits == container_bits(w_bits + 1)
+    q, scale, zero = _native.unpack_weights(pk.packed())
+    K = layer.codes.shape[1]
+    assert np.array_equal(q[:, :K].astype(np.int64), 2 * layer.codes.numpy().astype(np.int64))
+    assert np.array_equal(scale, layer.scale.numpy() / 2) and np.array_equal(zero, 2 * half.numpy())
+    g = torch.Generator().manual_seed(w_bits)
+    x = torch.randn(*((7, layer.in_features) if kind == "linear" else (2, 32, 5, 6)), generator=g)
+    if a_bits is None:
+        x = torch.round(x * 16) / 16
+    with torch.no_grad():
+        assert torch.equal(pk(x), layer(x))
+
+
 def test_dynamic_int8_is_opt_in_and_close():
     q, x = quantize("mlp", 4, None)
     exact = pack(q)
@@ -270,9 +294,13 @@ def test_pack_api_and_errors():
     lin.set_codes(lin.codes, torch.ones(40, 12), torch.zeros(40, 12), 4)  # groups of 8
     with pytest.raises(ValueError, match="group_size 8 is not a multiple of 16"):
         pack(lin)
-    lin.set_codes(lin.codes, torch.ones(40, 1), torch.full((40, 1), 0.5), 4)
+    lin.set_codes(lin.codes, torch.ones(40, 1), torch.full((40, 1), 0.25), 4)
     with pytest.raises(ValueError, match="zero points must be integers"):
         pack(lin)
+    lin8 = grid_layer("linear", 8, None)
+    lin8.set_codes(lin8.codes, torch.ones(40, 1), torch.full((40, 1), 127.5), 8)
+    with pytest.raises(ValueError, match="half-integer zero points need 9-bit codes"):
+        pack(lin8)
     with pytest.raises(ValueError, match="no packed format for 9-bit"):
         container_bits(9)
 

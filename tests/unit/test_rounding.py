@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lowbit import _native as N
 from lowbit import reference as R
+from lowbit.threshold import N2UQWeightQuantizer
 
 
 def rel(a, b):
@@ -88,6 +90,36 @@ def test_soft_weight_and_hard_codes_match_reference():
     np.testing.assert_allclose(h, h_r, atol=1e-6)
     np.testing.assert_array_equal(N.rounding_hard_codes(W, s, z, 2, V),
                                   R.rounding_hard_codes(W, s, z, 2, V))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_mid_rise_grid_half_integer_zero(bits):
+    """A zero point (2^b - 1)/2 (N2UQ's mid-rise weight grid, no zero level): the soft weight
+    starts at W inside the grid, the hard codes at init are nearest rounding on that grid, and
+    engine and reference agree (and the apply-grad step too)."""
+    rng = np.random.default_rng(11 + bits)
+    W = (rng.laplace(0.0, 0.05, (6, 24))).astype(np.float32)
+    codes, s, z = (t.numpy() for t in N2UQWeightQuantizer(bits, 2.0).quantize(torch.from_numpy(W)))
+    qmax = 2**bits - 1
+    V = N.rounding_init(W, s, z, bits)
+    np.testing.assert_allclose(V, R.rounding_init(W, s, z, bits), rtol=1e-5, atol=1e-5)
+    Wt, h = N.rounding_soft_weight(W, s, z, bits, V)
+    inside = np.abs(W / np.broadcast_to(s, W.shape)) <= qmax / 2
+    np.testing.assert_allclose(Wt[inside], W[inside], atol=1e-6)
+    np.testing.assert_array_equal(N.rounding_hard_codes(W, s, z, bits, V), codes)
+    V2 = (V + rng.standard_normal(W.shape)).astype(np.float32)
+    Wt, h = N.rounding_soft_weight(W, s, z, bits, V2)
+    Wt_r, h_r, _ = R.rounding_soft_weight(W, s, z, bits, V2)
+    np.testing.assert_allclose(Wt, Wt_r, rtol=1e-6, atol=1e-6)
+    hard = N.rounding_hard_codes(W, s, z, bits, V2)
+    np.testing.assert_array_equal(hard, R.rounding_hard_codes(W, s, z, bits, V2))
+    # every soft weight stays on the mid-rise span: s * (q - z) with q in [0, qmax]
+    assert np.all(np.abs(Wt) <= np.broadcast_to(s, W.shape) * qmax / 2 * (1 + 1e-6))
+    m, v = np.zeros_like(W), np.zeros_like(W)
+    g = (rng.standard_normal(W.shape) * 1e-2).astype(np.float32)
+    Vr, mr, vr, _, _ = R.rounding_apply_grad(W, s, z, bits, V2, m, v, g, 30, SCHED)
+    N.rounding_apply_grad(W, s, z, bits, V2, m, v, g, 30, native_schedule())
+    np.testing.assert_allclose(V2, Vr, rtol=1e-5, atol=1e-6)
 
 
 def test_sample_batch_matches_reference():

@@ -29,7 +29,13 @@ void for_segments(const RoundingLayer& L, int64_t r, Fn&& fn) {
     fn(g * gsize, (g + 1) * gsize, L.qp.scale[u0 + g], L.qp.zero[u0 + g]);
 }
 
-// base = floor(W / s) + z (o, d): the integer part of every soft weight's grid position.
+// A zero point z = zi + zf splits into an integer part and a fraction zf in [0, 1): 0 for the
+// usual integer zero points, 1/2 for mid-rise grids (N2UQ's weight grid, no zero level). The grid
+// position of w is w / s + z; its integer part is floor(w / s + zf) + zi. With zf = 0 this is
+// floor(w / s) + z bit for bit (w / s + 0.0f == w / s).
+inline float zero_frac(float z) { return z - std::floor(z); }
+
+// base = floor(W / s + zf) + zi (o, d): the integer part of every soft weight's grid position.
 std::vector<float> grid_base(const RoundingLayer& L) {
   const int64_t d = L.W.cols;
   std::vector<float> base(size_t(L.W.rows * d));
@@ -38,7 +44,8 @@ std::vector<float> grid_base(const RoundingLayer& L) {
       for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
         const float* w = L.W.row(r);
         float* b = base.data() + r * d;
-        for (int64_t c = c0; c < c1; ++c) b[c] = std::floor(w[c] / s) + z;
+        const float zf = zero_frac(z), zi = z - zf;
+        for (int64_t c = c0; c < c1; ++c) b[c] = std::floor(w[c] / s + zf) + zi;
       });
   });
   return base;
@@ -285,8 +292,9 @@ void rounding_init(const RoundingLayer& L, MatrixView<float> V) {
     const float span = kRoundZeta - kRoundGamma;
     for (int64_t r = r0; r < r1; ++r)
       for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        const float zf = zero_frac(z);
         for (int64_t c = c0; c < c1; ++c) {
-          const float x = L.W(r, c) / s;
+          const float x = L.W(r, c) / s + zf;
           const float frac = x - std::floor(x);  // [0, 1): V is finite
           V(r, c) = -std::log(span / (frac - kRoundGamma) - 1.0f);
         }
@@ -320,8 +328,9 @@ void rounding_hard_codes(const RoundingLayer& L, ConstMatrixView<float> V,
   parallel_for(0, L.W.rows, row_grain(d), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for_segments(L, r, [&](int64_t c0, int64_t c1, float s, float z) {
+        const float zf = zero_frac(z), zi = z - zf;
         for (int64_t c = c0; c < c1; ++c) {
-          const float q = std::floor(L.W(r, c) / s) + z + (V(r, c) >= 0.0f ? 1.0f : 0.0f);
+          const float q = std::floor(L.W(r, c) / s + zf) + zi + (V(r, c) >= 0.0f ? 1.0f : 0.0f);
           codes(r, c) = uint8_t(std::min(std::max(q, 0.0f), qmax));
         }
       });

@@ -15,8 +15,8 @@ struct UpdateArgs {
   bool reg_on;
 };
 
-// Per element i < n, with base = floor(W/s) + z, sig = sigma(V) at the current V and g the
-// reconstruction gradient dL/dW~: chain rule through W~ and h, regulariser, Adam on V, m, v;
+// Per element i < n, with base = floor(W/s + zf) + zi (zero point z = zi + zf, rounding.cpp),
+// sig = sigma(V) at the current V and g the reconstruction gradient dL/dW~: chain rule through W~ and h, regulariser, Adam on V, m, v;
 // then sig and Wt of the new V. When reg_on, g[i] is overwritten with 1 - |2h-1|^beta.
 // Returns how many h were in (0.01, 0.99) before the update.
 using UpdateFn = int64_t (*)(int64_t n, const float* base, float* g, float* V, float* m, float* v,

@@ -538,9 +538,9 @@ def packed_twin(layer: MultipointMixin, name: str = "", dynamic_act: bool = Fals
     else:
         ext = QuantConv2d(layer.in_channels, N + Pn, layer.kernel_size, layer.stride, layer.padding,
                           layer.dilation, layer.groups if Pn == 0 else 1, **kw)
-    _, group_size, p = P._pack_arrays(ext, name)
+    w_bits, group_size, p = P._pack_arrays(ext, name)
     cls_lin, cls_conv = packed_multipoint_classes()
-    pkw = dict(w_bits=layer.w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
+    pkw = dict(w_bits=w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
                scales=torch.from_numpy(p.scales), zeros=torch.from_numpy(p.zeros), bias=bias,
                act_quant=copy.deepcopy(layer.act_quant), dynamic_act=dynamic_act)
     if isinstance(layer, QuantLinear):
