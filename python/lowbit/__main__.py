@@ -109,7 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             try:
                 q = lowbit.quantize(task.model, task.calib_loader, method, w_bits=w, a_bits=a,
-                                    seed=args.seed, progress=False, config=_demo_config(method, args.quick))
+                                    seed=args.seed, progress=False, config=_demo_config(method, args.quick, w))
             except NotImplementedError as e:  # a method that does not cover this setting says so
                 rows.append((method, w, a, None, None, None, str(e)))
                 continue
@@ -130,12 +130,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_config(method: str, quick: bool) -> Optional[dict]:
+def _demo_config(method: str, quick: bool, w_bits: int) -> Optional[dict]:
     """The demo's per-method options: the defaults but a shorter schedule (the papers' 10000
     iterations per layer would keep the demo's 24 runs busy for an hour on 2 cores)."""
     from lowbit.registry import get_method
 
     fields = getattr(get_method(method).config_cls, "__dataclass_fields__", {})
+    if "avg_bits" in fields:  # a bit-width search: the setting's bits are its average budget
+        return {"avg_bits": float(w_bits)}
     return {"iters": DEMO_ITERS[quick]} if "iters" in fields else None
 
 
