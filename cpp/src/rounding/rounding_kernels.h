@@ -25,15 +25,9 @@ using UpdateFn = int64_t (*)(int64_t n, const float* base, float* g, float* V, f
 using SoftFn = void (*)(int64_t n, const float* base, const float* V, float s, float z,
                         float qmax, float* sig, float* h, float* Wt);
 
-// C (M, N) = A (M, K) B (K, N), row-major; each C element summed in k order (same bits at
-// every ISA level and for any split of C).
-using GemmFn = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                        const float* B, int64_t ldb, float* C, int64_t ldc);
-
 struct Kernels {
   UpdateFn update;
   SoftFn soft;
-  GemmFn gemm;
   const char* isa;
 };
 

@@ -2,6 +2,6 @@
 
 namespace lowbit::rounding_detail {
 
-Kernels kernels_avx2() { return {update_segment, soft_segment, gemm_nn, "avx2"}; }
+Kernels kernels_avx2() { return {update_segment, soft_segment, "avx2"}; }
 
 }  // namespace lowbit::rounding_detail
