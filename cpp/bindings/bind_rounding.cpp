@@ -102,6 +102,21 @@ GramObjective gram_of(const RoundingLayer& L, const Array<float>& H, const Array
 
 py::tuple stats_tuple(const RoundingStats& s) { return py::make_tuple(s.reg_loss, s.soft_frac); }
 
+// The engine's run loops: check the per-step loss outputs, run without the GIL, return the stats.
+template <class Run>
+py::tuple run_logged(int64_t nsteps, Array<float>& rec_loss, Array<float>& reg_loss, Run run) {
+  check_shape(rec_loss, {nsteps}, "rec_loss");
+  check_shape(reg_loss, {nsteps}, "reg_loss");
+  float* rl = mutable_ptr(rec_loss, "rec_loss");
+  float* gl = mutable_ptr(reg_loss, "reg_loss");
+  RoundingStats s;
+  {
+    py::gil_scoped_release release;
+    s = run(rl, gl);
+  }
+  return stats_tuple(s);
+}
+
 }  // namespace
 
 void bind_rounding(py::module_& m) {
@@ -227,16 +242,9 @@ void bind_rounding(py::module_& m) {
         auto L = layer_of(W, scale, zero, bits, groups);
         RoundingState st{state_out(V, L, "V"), state_out(mom, L, "m"), state_out(vel, L, "v")};
         auto g = gram_of(L, H, C, c0, n);
-        check_shape(rec_loss, {nsteps}, "rec_loss");
-        check_shape(reg_loss, {nsteps}, "reg_loss");
-        float* rl = mutable_ptr(rec_loss, "rec_loss");
-        float* gl = mutable_ptr(reg_loss, "reg_loss");
-        RoundingStats s;
-        {
-          py::gil_scoped_release release;
-          s = rounding_run_gram(L, st, g, sch, step0, nsteps, rl, gl);
-        }
-        return stats_tuple(s);
+        return run_logged(nsteps, rec_loss, reg_loss, [&](float* rl, float* gl) {
+          return rounding_run_gram(L, st, g, sch, step0, nsteps, rl, gl);
+        });
       },
       py::arg("W").noconvert(), py::arg("scale").noconvert(), py::arg("zero").noconvert(),
       py::arg("bits"), py::arg("groups"), py::arg("V").noconvert(), py::arg("m").noconvert(),
@@ -253,16 +261,9 @@ void bind_rounding(py::module_& m) {
         auto L = layer_of(W, scale, zero, bits, groups);
         RoundingState st{state_out(V, L, "V"), state_out(mom, L, "m"), state_out(vel, L, "v")};
         auto r = rows_of(L, X, Y, bias, conv, relu, batch, seed);
-        check_shape(rec_loss, {nsteps}, "rec_loss");
-        check_shape(reg_loss, {nsteps}, "reg_loss");
-        float* rl = mutable_ptr(rec_loss, "rec_loss");
-        float* gl = mutable_ptr(reg_loss, "reg_loss");
-        RoundingStats s;
-        {
-          py::gil_scoped_release release;
-          s = rounding_run_rows(L, st, r, sch, step0, nsteps, rl, gl);
-        }
-        return stats_tuple(s);
+        return run_logged(nsteps, rec_loss, reg_loss, [&](float* rl, float* gl) {
+          return rounding_run_rows(L, st, r, sch, step0, nsteps, rl, gl);
+        });
       },
       py::arg("W").noconvert(), py::arg("scale").noconvert(), py::arg("zero").noconvert(),
       py::arg("bits"), py::arg("groups"), py::arg("V").noconvert(), py::arg("m").noconvert(),

@@ -114,6 +114,18 @@ class LTQFunction(torch.autograd.Function):
 class _ThresholdActQuantizer(nn.Module):
     """What both threshold quantizers share: the UniformActQuantizer interface."""
 
+    @classmethod
+    def from_uniform(cls, uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1, **kw):
+        """Start on the grid of a calibrated uniform quantizer: every threshold at its uniform
+        position (borders at 1/2, equal intervals), so the first forward is that quantizer's."""
+        return cls(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
+                   channels=channels, channel_axis=channel_axis, **kw)
+
+    @classmethod
+    def from_samples(cls, values: torch.Tensor, bits: int, vmin: float, **kw):
+        """Start on the Lp-optimal (p = 2.4) uniform grid of sampled values."""
+        return cls.from_uniform(act_quantizer_from_samples(values, bits, vmin), **kw)
+
     def __init__(self, bits: int, zero: float, signed: bool, channels: int, channel_axis: int):
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -215,18 +227,6 @@ class BorderActQuantizer(_ThresholdActQuantizer):
         self.border_param = nn.Parameter(torch.zeros(channels, width))
         self.scale = nn.Parameter(torch.tensor([float(scale)]))
 
-    @classmethod
-    def from_uniform(cls, uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1,
-                     **kw) -> BorderActQuantizer:
-        """Borders at 1/2 on the grid of a calibrated uniform quantizer."""
-        return cls(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
-                   channels=channels, channel_axis=channel_axis, **kw)
-
-    @classmethod
-    def from_samples(cls, values: torch.Tensor, bits: int, vmin: float, **kw) -> BorderActQuantizer:
-        """Borders at 1/2 on the Lp-optimal (p = 2.4) uniform grid of sampled values."""
-        return cls.from_uniform(act_quantizer_from_samples(values, bits, vmin), **kw)
-
     @property
     def affine(self) -> bool:
         return self.parameterization == "affine"
@@ -288,17 +288,6 @@ class LTQActQuantizer(_ThresholdActQuantizer):
         self.a = nn.Parameter(torch.ones(channels, self.qmax))
         self.in_scale = nn.Parameter(torch.ones(channels))
         self.scale = nn.Parameter(torch.tensor([s]))
-
-    @classmethod
-    def from_uniform(cls, uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1,
-                     **kw) -> LTQActQuantizer:
-        return cls(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
-                   channels=channels, channel_axis=channel_axis, **kw)
-
-    @classmethod
-    def from_samples(cls, values: torch.Tensor, bits: int, vmin: float, **kw) -> LTQActQuantizer:
-        """Equal intervals on the Lp-optimal (p = 2.4) uniform grid of sampled values."""
-        return cls.from_uniform(act_quantizer_from_samples(values, bits, vmin), **kw)
 
     def offset_and_intervals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """start (C,) and interval lengths a (C, 2^b - 1) in input units (before the floor)."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -152,6 +152,35 @@ def _run_until(model: nn.Module, batch: calib.Batch) -> None:
         model(*batch.args, **batch.kwargs)
     except _Stop:
         pass
+
+
+def _module_io(ctx, fp_mod: nn.Module, q_mod: nn.Module, batch: calib.Batch,
+               q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x):
+    """(FP input, FP output, quantized-network input mapped by ``q_input``) of one module for
+    one batch, in float32; each network runs only up to that module."""
+    got: dict[str, torch.Tensor] = {}
+
+    def fp_in(m, args):
+        got["x"] = args[0].detach()
+
+    def fp_out(m, args, out):
+        got["y"] = out.detach()
+        raise _Stop
+
+    def q_in(m, args):
+        got["xq"] = q_input(args[0].detach())
+        raise _Stop
+
+    def run(model: nn.Module, hooks: list) -> None:
+        try:
+            _run_until(model, batch)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    run(ctx.fp_model, [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)])
+    run(ctx.qmodel, [q_mod.register_forward_pre_hook(q_in)])
+    return got["x"].float(), got["y"].float(), got["xq"].float()
 
 
 _RELU_FUNCS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
@@ -271,33 +300,9 @@ def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Gr
     bias = None if q.bias is None else q.bias.detach()
     data: _LayerData | None = None
     xs, ys = [], []
-    got: dict[str, torch.Tensor] = {}
-
-    def fp_in(m, args):
-        got["x"] = args[0].detach()
-
-    def fp_out(m, args, out):
-        got["y"] = out.detach()
-        raise _Stop
-
-    def q_in(m, args):
-        got["xq"] = q.quantize_input(args[0].detach())
-        raise _Stop
-
     with torch.no_grad():
         for b in batches:
-            hooks = [fp.register_forward_pre_hook(fp_in), fp.register_forward_hook(fp_out)]
-            try:
-                _run_until(ctx.fp_model, b)
-            finally:
-                for h in hooks:
-                    h.remove()
-            hook = q.register_forward_pre_hook(q_in)
-            try:
-                _run_until(ctx.qmodel, b)
-            finally:
-                hook.remove()
-            x, y, xq = got.pop("x").float(), got.pop("y").float(), got.pop("xq").float()
+            x, y, xq = _module_io(ctx, fp, q, b, q.quantize_input)
             if not (torch.isfinite(xq).all() and torch.isfinite(y).all()):
                 raise ValueError(f"layer '{name}': NaN or Inf in its calibration inputs or outputs")
             rows_per_sample = y[0].numel() // o
@@ -608,36 +613,13 @@ def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
     """Block inputs of both networks and the FP block outputs over the calibration set."""
     fp_mod, q_mod = ctx.fp_model.get_submodule(unit.name), ctx.qmodel.get_submodule(unit.name)
     xs, xqs, ys = [], [], []
-    got: dict[str, torch.Tensor] = {}
-
-    def fp_in(m, args):
-        got["x"] = args[0].detach()
-
-    def fp_out(m, args, out):
-        got["y"] = out.detach()
-        raise _Stop
-
-    def q_in(m, args):
-        got["xq"] = args[0].detach()
-        raise _Stop
 
     left = None  # samples still to cache: at most CACHE_LIMIT_BYTES of X, Xq and Y together
     with torch.no_grad():
         for b in batches:
             if left is not None and left <= 0:
                 break
-            hooks = [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)]
-            try:
-                _run_until(ctx.fp_model, b)
-            finally:
-                for h in hooks:
-                    h.remove()
-            h = q_mod.register_forward_pre_hook(q_in)
-            try:
-                _run_until(ctx.qmodel, b)
-            finally:
-                h.remove()
-            x, y, xq = got.pop("x").float(), got.pop("y").float(), got.pop("xq").float()
+            x, y, xq = _module_io(ctx, fp_mod, q_mod, b)
             if left is None:
                 left = max(1, CACHE_LIMIT_BYTES // ((2 * x[0].numel() + y[0].numel()) * 4))
             k = min(left, x.shape[0])
