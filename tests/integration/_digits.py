@@ -1,6 +1,8 @@
 """The scikit-learn digits set and the two small models the learned-method tests train on it
 (AdaRound, AQuant and N2UQ share them so their figures are comparable)."""
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -79,3 +81,18 @@ def accuracy(model):
     _, _, Xte, yte = DATA
     with torch.no_grad():
         return float((model(Xte).argmax(1) == yte).float().mean()) * 100
+
+
+@functools.cache
+def trained_mlp() -> MLP:
+    """The MLP trained once per session (15 epochs, seed 0). Shared, not copied: quantize and
+    finetune leave their input model untouched."""
+    torch.manual_seed(0)
+    return train(MLP(), 15)
+
+
+@functools.cache
+def trained_cnn() -> ResNetLet:
+    """The ResNetLet trained once per session (14 epochs, seed 0)."""
+    torch.manual_seed(0)
+    return train(ResNetLet(), 14)

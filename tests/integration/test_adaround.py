@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from _digits import MLP, ResNetLet, accuracy, loader, train
+from _digits import accuracy, loader, trained_cnn, trained_mlp
 
 import lowbit
 from lowbit import _native
@@ -17,25 +17,17 @@ from lowbit.methods.adaround import AdaRoundConfig, BlockExtension, find_blocks,
 FAST = dict(iters=500, lr=2e-2, reg_lambda=0.1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Training and the block loop are many small torch ops: one thread is faster on 2 shared cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def mlp():
-    torch.manual_seed(0)
-    return train(MLP(), 15)
+    return trained_mlp()
 
 
 @pytest.fixture(scope="module")
 def cnn():
-    torch.manual_seed(0)
-    return train(ResNetLet(), 14)
+    return trained_cnn()
 
 
 def quant(model, method="adaround", **kw):

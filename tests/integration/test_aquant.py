@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _digits import DATA, MLP, ResNetLet, accuracy, loader, train
+from _digits import DATA, accuracy, loader, trained_cnn, trained_mlp
 
 import lowbit
 from lowbit.methods.aquant import AQuantConfig, check_borders, uniform_grid
@@ -18,12 +18,7 @@ from lowbit.threshold import BorderActQuantizer
 FAST = dict(iters=150, lr=2e-2, reg_lambda=0.1, num_samples=256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quant(model, method, **kw):
@@ -33,14 +28,12 @@ def quant(model, method, **kw):
 
 @pytest.fixture(scope="module")
 def cnn():
-    torch.manual_seed(0)
-    return train(ResNetLet(), 14)
+    return trained_cnn()
 
 
 @pytest.fixture(scope="module")
 def mlp():
-    torch.manual_seed(0)
-    return train(MLP(), 15)
+    return trained_mlp()
 
 
 @pytest.fixture(scope="module")

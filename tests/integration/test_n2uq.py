@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from _digits import DATA, MLP, ResNetLet, accuracy, loader, train
+from _digits import DATA, accuracy, loader, trained_cnn, trained_mlp
 
 import lowbit
 from lowbit.methods.n2uq import N2UQConfig, n2uq_weight_grid
@@ -17,24 +17,17 @@ from lowbit.threshold import LTQActQuantizer, N2UQWeightQuantizer
 FAST = dict(iters=300, lr=2e-2, reg_lambda=0.1, threshold_lr=1e-2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def cnn():
-    torch.manual_seed(0)
-    return train(ResNetLet(), 14)
+    return trained_cnn()
 
 
 @pytest.fixture(scope="module")
 def mlp():
-    torch.manual_seed(0)
-    return train(MLP(), 15)
+    return trained_mlp()
 
 
 def quant(model, method="n2uq", config=None, **kw):
