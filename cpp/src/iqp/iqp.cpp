@@ -32,6 +32,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -393,7 +395,41 @@ struct Search {
     }
     assign(c.data());  // exact objective again after the incremental updates
   }
+
 };
+
+// Compound moves: force one layer to another choice, restore feasibility greedily (repair),
+// spend freed budget greedily (upgrade), then feasible 1-opt; keep the result when it beats the
+// start. A large layer dropping a few bits can pay for many small layers going up, which no
+// feasible 1-opt / 2-opt move reaches. First improvement, layers in order: deterministic.
+// Returns whether `s` improved.
+bool compound_pass(Search& s, Search& t, const Deadline& dl) {
+  const Data& D = s.D;
+  bool any = false;
+  for (int64_t l = 0; l < D.L && !dl.passed(); ++l)
+    for (int64_t v = 0; v < D.size(l); ++v) {
+      if (v == s.c[l]) continue;
+      t.c = s.c;
+      t.h = s.h;
+      t.cost = s.cost;
+      t.obj = s.obj;
+      t.move(l, v);
+      if (!t.feasible() && !t.repair()) continue;
+      t.upgrade(dl);
+      t.one_opt(dl);
+      if (t.obj < s.obj - D.eps * 4) {
+        t.assign(t.c.data());
+        if (t.feasible() && t.obj < s.obj - D.eps * 4) {
+          s.c = t.c;
+          s.h = t.h;
+          s.cost = t.cost;
+          s.obj = t.obj;
+          any = true;
+        }
+      }
+    }
+  return any;
+}
 
 // ---------------------------------------------------------------------------------------
 // The node relaxation.
@@ -1490,6 +1526,17 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       offer(s);
     }
   }
+  // Compound moves (force, repair, upgrade, 1-opt) from the incumbent until none improves.
+  if (best_obj < kInf) {
+    Search s(D), t(D);
+    s.assign(best.data());
+    for (int pass = 0; pass < 50 && !dl.passed(); ++pass) {
+      if (!compound_pass(s, t, dl)) break;
+      s.local_search(dl, true);
+      offer(s);
+    }
+  }
+  if (getenv("IQPDBG")) fprintf(stderr, "compound %g at %g\n", best_obj, std::chrono::duration<double>(Clock::now() - t0).count());
   // Iterated local search: rounds of `restarts` perturbations of the incumbent (run through
   // parallel_for, reduced in restart order: the same result for any thread count), until two
   // rounds in a row find nothing better, at most 16 rounds or a fifth of the time limit.
@@ -1530,6 +1577,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     stall = improved ? 0 : stall + 1;
   }
   res.warm_objective = best_obj;
+  if (getenv("IQPDBG")) fprintf(stderr, "ils %g at %g s\n", best_obj, std::chrono::duration<double>(Clock::now() - t0).count());
 
   // ---- branch and bound ---------------------------------------------------------------------
   const int bw = bandwidth(D);
