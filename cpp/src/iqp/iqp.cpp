@@ -914,7 +914,13 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
 std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s) {
   std::vector<Shift> out = candidate_shifts(D, dl, budget_s);
   const Eigen::MatrixXd Z = tangent_basis(D);
-  for (auto& s : out) set_metric(D, Z, s);
+  for (size_t k = 0; k < out.size(); ++k) {
+    if (k > 0 && dl.passed()) {  // out of time: keep the candidates that have a metric
+      out.resize(k);
+      break;
+    }
+    set_metric(D, Z, out[k]);
+  }
   return out;
 }
 
@@ -977,7 +983,7 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
   const Eigen::MatrixXd B0 = Eigen::MatrixXd::Zero(n, n);
   auto [su, lmin] = uniform(B0, "uniform");
   out.push_back(std::move(su));
-  if (lmin >= 0) return out;  // W is already convex on T
+  if (lmin >= 0 || dl.passed()) return out;  // W is already convex on T (or no time is left)
 
   {  // scaled by the row sums
     std::vector<double> rs(n, 0.0);
@@ -989,8 +995,77 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
     out.push_back(scaled(B0, rs, "scaled"));
   }
+  {  // Low-rank completion (hard impute, in correlation scale): the within-layer blocks, their
+     // diagonal included (capped at diag(Gs): the rest moves to the linear term), are refilled
+     // from the best rank-k approximation, k = the eigenvalues above 1 % of the largest. A
+     // measured Hessian form Dw^T H Dw of low rank is recovered with a small diagonal, which
+     // keeps the relaxation's loss at fractional points small. Any outcome is valid: the
+     // uniform shift on top makes it convex on T.
+    std::vector<double> sc(n), w2(n);
+    double dmax = 0;
+    for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
+    for (int64_t i = 0; i < n; ++i) {
+      w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
+      sc[i] = std::sqrt(w2[i]);
+    }
+    Eigen::MatrixXd X(n, n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    int64_t rank = -1;
+    const double until = budget_s / 3.0;
+    bool exact_lowrank = false;
+    for (int it = 0; it < 100; ++it) {
+      if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
+      if (es.info() != Eigen::Success) break;
+      const Eigen::VectorXd& lam = es.eigenvalues();
+      const double top = lam(n - 1);
+      if (!(top > 0)) break;
+      if (rank < 0) {  // the largest relative eigengap among the top quarter of the spectrum
+        rank = 1;
+        double gap = 0;
+        for (int64_t k = 1; k <= std::max<int64_t>(1, n / 4) && k < n; ++k) {
+          const double a = lam(n - k), bb = std::max(lam(n - k - 1), 1e-12 * top);
+          if (a > 0 && a / bb > gap) {
+            gap = a / bb;
+            rank = k;
+          }
+        }
+        if (getenv("IQPDBG")) fprintf(stderr, "rank %ld gap %g\n", long(rank), gap);
+      }
+      const Eigen::MatrixXd Vk = es.eigenvectors().rightCols(rank);
+      const Eigen::MatrixXd Y = Vk * lam.tail(rank).asDiagonal() * Vk.transpose();
+      double change = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t s0 = D.start[l], k = D.size(l);
+        for (int64_t i = s0; i < s0 + k; ++i)
+          for (int64_t j = s0; j < s0 + k; ++j) {
+            double v = 0.5 * (Y(i, j) + Y(j, i));
+            if (i == j) v = std::min(std::max(v, 0.0), D.d[i] / w2[i]);
+            change = std::max(change, std::fabs(v - X(i, j)));
+            X(i, j) = v;
+          }
+      }
+      if (change < 1e-7) {
+        exact_lowrank = true;
+        break;
+      }
+    }
+    if (rank > 0) {
+      Eigen::MatrixXd B = Eigen::MatrixXd::Zero(n, n);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t s0 = D.start[l], k = D.size(l);
+        for (int64_t i = s0; i < s0 + k; ++i)
+          for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = X(i, j) * sc[i] * sc[j];
+      }
+      out.push_back(uniform(B, "lowrank").first);
+      if (!dl.passed()) out.push_back(scaled(B, w2, "lowrank-scaled"));
+      // A converged completion of low rank: the full-rank completions below only add diagonal.
+      if (exact_lowrank) return out;
+    }
+  }
   const double alphas[] = {0.0, 0.2, 0.4};
-  for (int ai = 0; ai < 3; ++ai) {
+  for (int ai = 0; ai < 3 && !dl.passed(); ++ai) {
     const double alpha = alphas[ai];
     const double until = budget_s * double(ai + 1) / 3.0;  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
      // change under diagonal scaling, and layers' loss scales span decades)
@@ -1027,6 +1102,7 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     }
     static const char* names[3][2] = {{"completion", "completion-scaled"}, {"completion-0.2", "completion-0.2-scaled"}, {"completion-0.4", "completion-0.4-scaled"}};
     out.push_back(uniform(B, names[ai][0]).first);
+    if (dl.passed()) break;
     out.push_back(scaled(B, w2, names[ai][1]));
   }
   return out;
@@ -1538,10 +1614,11 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   }
   if (getenv("IQPDBG")) fprintf(stderr, "compound %g at %g\n", best_obj, std::chrono::duration<double>(Clock::now() - t0).count());
   // Iterated local search: rounds of `restarts` perturbations of the incumbent (run through
-  // parallel_for, reduced in restart order: the same result for any thread count), until two
-  // rounds in a row find nothing better, at most 16 rounds or a fifth of the time limit.
-  const auto ils_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.2 * opt.time_limit));
-  for (int round = 0, stall = 0; best_obj < kInf && opt.restarts > 0 && round < 16 && stall < 2 &&
+  // parallel_for, reduced in restart order: the same result for any thread count), each a
+  // kick, repair, 1-opt / 2-opt and compound moves, until three rounds in a row find nothing
+  // better, at most 16 rounds or half of the time limit.
+  const auto ils_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.5 * opt.time_limit));
+  for (int round = 0, stall = 0; best_obj < kInf && opt.restarts > 0 && round < 16 && stall < 3 &&
                                  !dl.passed() && Clock::now() < ils_end;
        ++round) {
     const int R = opt.restarts;
@@ -1557,10 +1634,14 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
           const int64_t l = int64_t(splitmix64(st) % uint64_t(L));
           c[l] = int32_t(splitmix64(st) % uint64_t(D.size(l)));
         }
-        Search s(D);
+        Search s(D), t(D);
         s.assign(c.data());
         if (!s.repair()) continue;
         s.local_search(dl, true);
+        for (int pass = 0; pass < 50 && !dl.passed() && Clock::now() < ils_end; ++pass) {
+          if (!compound_pass(s, t, dl)) break;
+          s.local_search(dl, true);
+        }
         if (s.feasible()) {
           ro[r] = s.obj;
           rc[r] = s.c;
@@ -1615,7 +1696,9 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
                                                    : IQPStatus::kNodeLimit;
     return res;
   }
+  if (getenv("IQPDBG")) fprintf(stderr, "shifts start at %g\n", std::chrono::duration<double>(Clock::now() - t0).count());
   const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
+  if (getenv("IQPDBG")) fprintf(stderr, "shifts done at %g\n", std::chrono::duration<double>(Clock::now() - t0).count());
   std::vector<uint32_t> root_mask(L);
   for (int64_t l = 0; l < L; ++l)
     root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
@@ -1633,6 +1716,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
     NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
     nodes = 1;  // the root counts once, whatever the number of candidates
+    if (getenv("IQPDBG")) fprintf(stderr, "cand %s lb %g at %g\n", shifts[k].kind, r.lb, std::chrono::duration<double>(Clock::now() - t0).count());
     if (k == 0 || r.lb > root.lb || r.infeasible) {
       root = std::move(r);
       which = k;
@@ -1649,6 +1733,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   }
   res.root_bound = root.lb;
   res.relaxation = shifts[which].kind;
+  if (getenv("IQPDBG")) fprintf(stderr, "root done at %g\n", std::chrono::duration<double>(Clock::now() - t0).count());
 
   std::priority_queue<Node, std::vector<Node>, NodeOrder> queue;
   int64_t next_id = 0;
