@@ -32,8 +32,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -1031,7 +1029,6 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
             rank = k;
           }
         }
-        if (getenv("IQPDBG")) fprintf(stderr, "rank %ld gap %g\n", long(rank), gap);
       }
       const Eigen::MatrixXd Vk = es.eigenvectors().rightCols(rank);
       const Eigen::MatrixXd Y = Vk * lam.tail(rank).asDiagonal() * Vk.transpose();
@@ -1612,15 +1609,16 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       offer(s);
     }
   }
-  if (getenv("IQPDBG")) fprintf(stderr, "compound %g at %g\n", best_obj, std::chrono::duration<double>(Clock::now() - t0).count());
   // Iterated local search: rounds of `restarts` perturbations of the incumbent (run through
   // parallel_for, reduced in restart order: the same result for any thread count), each a
   // kick, repair, 1-opt / 2-opt and compound moves, until three rounds in a row find nothing
   // better, at most 16 rounds or half of the time limit.
-  const auto ils_end = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.5 * opt.time_limit));
-  for (int round = 0, stall = 0; best_obj < kInf && opt.restarts > 0 && round < 16 && stall < 3 &&
-                                 !dl.passed() && Clock::now() < ils_end;
-       ++round) {
+  int ils_round = 0;
+  auto run_ils = [&](Clock::time_point ils_end, int max_rounds, int max_stall) {
+  for (int stall = 0, k = 0; best_obj < kInf && opt.restarts > 0 && k < max_rounds && stall < max_stall &&
+                             !dl.passed() && Clock::now() < ils_end;
+       ++k) {
+    const int round = ils_round++;
     const int R = opt.restarts;
     std::vector<std::vector<int32_t>> rc(R);
     std::vector<double> ro(R, kInf);
@@ -1657,8 +1655,9 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       }
     stall = improved ? 0 : stall + 1;
   }
+  };
+  run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.5 * opt.time_limit)), 16, 3);
   res.warm_objective = best_obj;
-  if (getenv("IQPDBG")) fprintf(stderr, "ils %g at %g s\n", best_obj, std::chrono::duration<double>(Clock::now() - t0).count());
 
   // ---- branch and bound ---------------------------------------------------------------------
   const int bw = bandwidth(D);
@@ -1696,9 +1695,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
                                                    : IQPStatus::kNodeLimit;
     return res;
   }
-  if (getenv("IQPDBG")) fprintf(stderr, "shifts start at %g\n", std::chrono::duration<double>(Clock::now() - t0).count());
   const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
-  if (getenv("IQPDBG")) fprintf(stderr, "shifts done at %g\n", std::chrono::duration<double>(Clock::now() - t0).count());
   std::vector<uint32_t> root_mask(L);
   for (int64_t l = 0; l < L; ++l)
     root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
@@ -1716,7 +1713,6 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
     NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
     nodes = 1;  // the root counts once, whatever the number of candidates
-    if (getenv("IQPDBG")) fprintf(stderr, "cand %s lb %g at %g\n", shifts[k].kind, r.lb, std::chrono::duration<double>(Clock::now() - t0).count());
     if (k == 0 || r.lb > root.lb || r.infeasible) {
       root = std::move(r);
       which = k;
@@ -1733,7 +1729,11 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   }
   res.root_bound = root.lb;
   res.relaxation = shifts[which].kind;
-  if (getenv("IQPDBG")) fprintf(stderr, "root done at %g\n", std::chrono::duration<double>(Clock::now() - t0).count());
+  // A root bound this far below the incumbent gives branching little chance: more local
+  // search first (until six rounds in a row find nothing better, or 80 % of the time limit).
+  if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - root.lb > 0.5 * denom(best_obj))
+    run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.8 * opt.time_limit)),
+            1 << 30, 6);
 
   std::priority_queue<Node, std::vector<Node>, NodeOrder> queue;
   int64_t next_id = 0;
