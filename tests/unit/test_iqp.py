@@ -80,6 +80,49 @@ def test_solver_equals_bruteforce(inst):
     check_same_optimum(*inst)
 
 
+def clado_lowrank(rng, L, S, budget, rank=4, rows=1):
+    """benchmarks/iqp.py's instances: G = E E^T + diag, exact low rank, within-layer entries zero."""
+    bits = np.array([2, 3, 4, 8][:S])
+    V = rng.standard_normal((L, rank))
+    sigma = 10 ** rng.uniform(-1, 1, L)
+    E = np.concatenate([sigma[k] * 2.0 ** -(bits[:, None] - 2) * (V[k] + 0.5 * rng.standard_normal((S, rank))) for k in range(L)])
+    G = E @ E.T
+    G += np.diag(rng.uniform(0, 0.5, L * S) * np.diag(G))
+    layer = np.repeat(np.arange(L), S)
+    G[(layer[:, None] == layer[None, :]) & ~np.eye(L * S, dtype=bool)] = 0
+    A = np.concatenate([(10 ** rng.uniform(3, 6, L))[:, None] * bits[None, :] for _ in range(rows)], 1).reshape(rows, -1)
+    A = A.reshape(rows, L, S) * rng.uniform(0.5, 1.5, (rows, L, 1))
+    A = A.reshape(rows, -1)
+    lo, hi = A.reshape(rows, L, S).min(2).sum(1), A.reshape(rows, L, S).max(2).sum(1)
+    return G.astype(np.float32), np.full(L, S, np.int32), A, lo + budget * (hi - lo)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.integers(2, 9), st.floats(0.0, 1.0), st.integers(1, 2), st.sampled_from([1, 2, 4]))
+def test_exact_low_rank_instances_root_bound_is_valid(seed, L, budget, rows, rank):
+    """The low-rank completion (and every other convexification) bounds the optimum from below."""
+    G, sz, A, b = clado_lowrank(np.random.default_rng(seed), L, 3, budget, rank, rows)
+    info = check_same_optimum(G, sz, A, b)
+    scale = float(np.abs(G).max() * L)
+    assert info["root_bound"] <= info["objective"] + 1e-9 * scale
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "random"])
+def test_root_bound_never_above_the_optimum(kind):
+    rng = np.random.default_rng(21)
+    for trial in range(8):
+        G, sz, A, b = make_instance(rng, [3] * 9, kind, rng.uniform(0, 1), 1 + trial % 3, [0.1, 1.0, 3.0][trial % 3])
+        _, bf = _native.solve_iqp_bruteforce(G, sz, A, b)
+        _, info = _native.solve_iqp(G, sz, A, b, time_limit=30)
+        scale = float(np.abs(G).max() * 9)
+        if bf["status"] == "infeasible":  # two or three rows can exclude every configuration
+            assert info["status"] == "infeasible"
+            continue
+        assert info["status"] == "optimal"
+        assert info["objective"] == pytest.approx(bf["objective"], abs=1e-9 * scale)
+        assert info["root_bound"] <= bf["objective"] + 1e-9 * scale
+
+
 @pytest.mark.parametrize("band", [0, 1, 2])
 def test_banded_instances_use_the_chain_bound(band):
     rng = np.random.default_rng(band)
