@@ -15,7 +15,7 @@ namespace {
 constexpr int vectors_per_block(int bits) { return bits == 8 ? 1 : bits == 4 ? 2 : 4; }
 constexpr int block_bytes(int bits) { return bits == 3 ? 96 : 64; }
 constexpr int kMaxRowsA8 = 8;
-constexpr int kPrefetch = 1024;  // bytes ahead in the code stream
+constexpr int kPrefetch = 4096;  // bytes ahead in the code stream (1 KiB: 20 % slower at W4, batch 1)
 
 inline int32_t load_i32(const void* p) {
   int32_t v;
