@@ -114,7 +114,7 @@ def multipoint_rows(N: int, K: int, xs: dict, args, pool_bytes: int) -> list[dic
                 for f in (f1, f2, f1, f2):  # warm-up
                     f()
                 t1, t2 = [], []
-                for _ in range(args.repeats):
+                for _ in range(max(args.repeats, 25)):  # a ratio near 1 of short calls: more pairs
                     t1.append(time_once(f1))
                     t2.append(time_once(f2))
                 ms1, ms2 = statistics.median(t1) * 1e3, statistics.median(t2) * 1e3
