@@ -14,12 +14,16 @@
 // a budget set to the exact cost of a configuration admits it).
 //
 // solve_iqp is branch and bound (iqp.cpp):
-//  - warm start: greedy feasible configurations + 1-opt / 2-opt local search with seeded
-//    perturbation restarts;
+//  - warm start: greedy feasible configurations + 1-opt / 2-opt local search and compound
+//    moves (force one layer, repair, spend freed budget, 1-opt) with seeded perturbation
+//    restarts; more restarts after a root bound far below the incumbent;
 //  - bound: x^T diag(u) x = u^T x on one-hot points, so moving a diagonal shift u into the
 //    linear term leaves the integer problem unchanged. u = t * s (s per variable, t the
 //    smallest value making the quadratic convex on the tangent space of the simplex product)
-//    gives a convex QP relaxation over the simplex product with the budget. It is solved by
+//    gives a convex QP relaxation over the simplex product with the budget. The within-layer
+//    blocks are free too: a low-rank completion of them (rank from the eigengap, diagonal
+//    capped at diag(Gs)) recovers a Hessian form Dw^T H Dw and gives the tightest relaxation
+//    on CLADO-like G; the root keeps the candidate with the best bound. It is solved by
 //    FISTA with exact projections, and every node's lower bound is the Frank-Wolfe /
 //    Lagrangian bound of the current iterate, which is valid whether or not the QP solver
 //    has converged;

@@ -10,8 +10,9 @@
 // product {d : sum_s d_ls = 0 for each l}; f is then convex on the affine hull of the
 // simplex product, and its minimum over the relaxed polytope
 //     P = {x >= 0, sum_s x_ls = 1 for each layer, A x <= b}
-// is a lower bound. Two shifts are tried at the root (uniform u = t, and u = t * s with s
-// the absolute row sums of W, for which t <= 1 by Gershgorin) and the one with the better
+// is a lower bound. Several shifts are tried at the root (uniform u = t; u = t * s with s
+// the absolute row sums of W, for which t <= 1 by Gershgorin; within-layer blocks filled by a
+// low-rank completion or by PSD completions, see candidate_shifts) and the one with the best
 // root bound is kept.
 //
 // Bounds that are always valid. For any y in the affine hull and any mu >= 0,
@@ -25,8 +26,8 @@
 //
 // Search. Best-first over nodes (per-layer domain bit masks), branching on the layer whose
 // relaxed block is most fractional, one child per remaining choice. Incumbents come from the
-// warm start (greedy + 1-opt / 2-opt local search with perturbation restarts) and from
-// rounding every node's relaxed point followed by a repair and 1-opt.
+// warm start (greedy + 1-opt / 2-opt local search + compound moves, with perturbation
+// restarts) and from rounding every node's relaxed point followed by a repair and 1-opt.
 #include <Eigen/Dense>
 #include <algorithm>
 #include <chrono>
@@ -858,6 +859,9 @@ class Relaxation {
 // Candidate convexifications; the root keeps the one with the best bound.
 //  "uniform": B = t I, t the smallest making W + B PSD on the tangent space T;
 //  "scaled":  B = t diag(s), s the absolute row sums of W (Gershgorin: t <= 1);
+//  "lowrank": the within-layer blocks, diagonal included (capped at diag(Gs)), refilled from
+//    the best rank-k approximation until they agree (hard impute), then the uniform shift;
+//    when it converges the full-rank completions below are skipped;
 //  "completion": the within-layer off-diagonal entries filled by alternating projections
 //    between the PSD cone and the matrices that agree with Gs off those entries (a PSD
 //    completion when one exists, as for a Hessian form Dw^T H Dw; the linear term is then
@@ -1612,7 +1616,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   // Iterated local search: rounds of `restarts` perturbations of the incumbent (run through
   // parallel_for, reduced in restart order: the same result for any thread count), each a
   // kick, repair, 1-opt / 2-opt and compound moves, until three rounds in a row find nothing
-  // better, at most 16 rounds or half of the time limit.
+  // better, at most 16 rounds or 30 % of the time limit.
   int ils_round = 0;
   auto run_ils = [&](Clock::time_point ils_end, int max_rounds, int max_stall) {
   for (int stall = 0, k = 0; best_obj < kInf && opt.restarts > 0 && k < max_rounds && stall < max_stall &&
@@ -1656,7 +1660,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     stall = improved ? 0 : stall + 1;
   }
   };
-  run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.5 * opt.time_limit)), 16, 3);
+  run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.3 * opt.time_limit)), 16, 3);
   res.warm_objective = best_obj;
 
   // ---- branch and bound ---------------------------------------------------------------------
