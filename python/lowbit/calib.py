@@ -46,6 +46,8 @@ def to_batch(raw: Any, input_fn: Callable[[Any], Any] | None = None) -> Batch:
     """Normalise one loader item into the model call it stands for."""
     item = input_fn(raw) if input_fn is not None else raw
     labels = None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     if isinstance(item, torch.Tensor):
         args, kwargs = (item,), {}
     elif isinstance(item, dict):
@@ -152,9 +154,11 @@ def accumulate_gram(module: nn.Module, x: torch.Tensor, H: np.ndarray, x2: torch
     Linear: H (K, K). Conv2d: H (groups, K, K) with K = in/groups * kh * kw.
     """
     if isinstance(module, nn.Conv2d) or hasattr(module, "kernel_size"):
+        # An nn.Conv2d or a QuantConv2d: duck-typed, both carry the conv geometry attributes.
+        conv: Any = module
         _native.conv_gram_accumulate(
-            x, H, kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-            dilation=module.dilation, groups=module.groups, x2=x2)
+            x, H, kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, x2=x2)
     elif x2 is None:
         _native.gram_accumulate(x.reshape(-1, x.shape[-1]), H)
     else:

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import re
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 import torch.nn as nn
@@ -105,9 +105,10 @@ def fold_bn(model: nn.Module, tr: Trace) -> list[str]:
     """
     folded = []
     for conv_name, bn_name in tr.bn_after_conv:
-        conv = model.get_submodule(conv_name)
+        conv = cast(nn.Conv2d, model.get_submodule(conv_name))  # trace() pairs BNs with Conv2d outputs only
         bn = model.get_submodule(bn_name)
-        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_var is None:
+        if (not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_var is None
+                or bn.running_mean is None):
             continue
         with torch.no_grad():
             std = torch.sqrt(bn.running_var + bn.eps)
@@ -181,7 +182,7 @@ def plan_layers(
             continue
         candidates.append((name, mod))
 
-    used_ignore = set()
+    used_ignore: set[str] = set()
     specs: list[LayerSpec] = []
     for name, mod in candidates:
         hit = [k for k in ignore if _matches(k, name, mod)]
@@ -220,7 +221,7 @@ def plan_layers(
             s.a_bits = None
             s.notes.append("reads the network input: not quantized")
         if s.granularity == "group":
-            k = mod.weight[0].numel()
+            k = cast(torch.Tensor, mod.weight)[0].numel()  # planned layers are Linear / Conv2d
             if s.group_size is None or k % s.group_size:
                 warnings.warn(f"layer '{s.name}': group_size={s.group_size} does not divide its input size {k}; "
                               "it is quantized per channel instead", stacklevel=3)

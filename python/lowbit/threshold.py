@@ -23,6 +23,7 @@ tensors across. Parameters live on the CPU (the kernels are CPU kernels).
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,8 @@ from lowbit.quantizers import (
 )
 
 PARAMETERIZATIONS = ("auto", "table", "affine")
+
+_Q = TypeVar("_Q", bound="_ThresholdActQuantizer")
 
 
 def _grad_scaled(p: torch.Tensor, g: float) -> torch.Tensor:
@@ -114,15 +117,23 @@ class LTQFunction(torch.autograd.Function):
 class _ThresholdActQuantizer(nn.Module):
     """What both threshold quantizers share: the UniformActQuantizer interface."""
 
-    @classmethod
-    def from_uniform(cls, uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1, **kw):
-        """Start on the grid of a calibrated uniform quantizer: every threshold at its uniform
-        position (borders at 1/2, equal intervals), so the first forward is that quantizer's."""
-        return cls(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
-                   channels=channels, channel_axis=channel_axis, **kw)
+    # The step (a Parameter in the subclasses) and the zero point (a buffer).
+    scale: torch.Tensor
+    zero: torch.Tensor
 
     @classmethod
-    def from_samples(cls, values: torch.Tensor, bits: int, vmin: float, **kw):
+    def from_uniform(cls: type[_Q], uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1,
+                     **kw: Any) -> _Q:
+        """Start on the grid of a calibrated uniform quantizer: every threshold at its uniform
+        position (borders at 1/2, equal intervals), so the first forward is that quantizer's."""
+        # The subclasses' constructors take (bits, scale, zero, signed, *, channels, channel_axis,
+        # ...), not this base class's (bits, zero, signed, channels, channel_axis).
+        make: Callable[..., _Q] = cls
+        return make(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
+                    channels=channels, channel_axis=channel_axis, **kw)
+
+    @classmethod
+    def from_samples(cls: type[_Q], values: torch.Tensor, bits: int, vmin: float, **kw: Any) -> _Q:
         """Start on the Lp-optimal (p = 2.4) uniform grid of sampled values."""
         return cls.from_uniform(act_quantizer_from_samples(values, bits, vmin), **kw)
 
@@ -207,6 +218,9 @@ class BorderActQuantizer(_ThresholdActQuantizer):
     1/2, i.e. at the data's uniform grid. Eval mode always uses hard decisions.
     """
 
+    # Set by the aquant method: digest of the weight codes the borders were learned for.
+    learned_for: str
+
     def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False, *,
                  channels: int = 1, channel_axis: int = 1, parameterization: str = "auto",
                  eps: float = 1e-3, tau: float = 0.2):
@@ -271,6 +285,8 @@ class LTQActQuantizer(_ThresholdActQuantizer):
     ``unit``); ``offset_and_intervals()`` gives them in input units.
     """
 
+    unit: torch.Tensor  # buffer: the initial step
+
     def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False, *,
                  channels: int = 1, channel_axis: int = 1, a_min: float | None = None):
         super().__init__(bits, zero, signed, channels, channel_axis)
@@ -331,7 +347,7 @@ def threshold_act_quantizer(layer: QuantLayer, kind: str, *, per_channel: bool =
     if not isinstance(uq, UniformActQuantizer):
         raise ValueError(f"layer has no calibrated uniform input quantizer to start from (act_quant is "
                          f"{type(uq).__name__}); quantize with a_bits set first")
-    kinds = {"border": BorderActQuantizer, "ltq": LTQActQuantizer}
+    kinds: dict[str, type[_ThresholdActQuantizer]] = {"border": BorderActQuantizer, "ltq": LTQActQuantizer}
     if kind not in kinds:
         raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
     if isinstance(layer, QuantConv2d):

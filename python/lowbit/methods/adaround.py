@@ -278,6 +278,18 @@ class _LayerData:
     X: torch.Tensor | None = None  # rows: quantized-network inputs (after the input quantizer)
     Y: torch.Tensor | None = None  # rows: FP targets (after f)
 
+    def gram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(H, C) of the gram objective."""
+        if self.H is None or self.C is None:
+            raise RuntimeError(f"no Gram matrices: the objective is {self.objective!r}")
+        return self.H, self.C
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(X, Y) of the rows objective."""
+        if self.X is None or self.Y is None:
+            raise RuntimeError(f"no cached rows: the objective is {self.objective!r}")
+        return self.X, self.Y
+
 
 def _pick_objective(config: AdaRoundConfig, relu: bool, grid: _Grid, rows_per_sample: int) -> str:
     if config.objective != "auto":
@@ -326,13 +338,16 @@ def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Gr
             if data.objective == "gram":
                 xq_c, x_c = xq.contiguous(), x.contiguous()
                 conv = _conv_geometry(q) is not None
-                calib.accumulate_gram(q, xq_c, data.H if conv else data.H[0])
-                calib.accumulate_gram(q, xq_c, data.C if conv else data.C[0], x2=x_c)
+                H, C = data.gram()
+                calib.accumulate_gram(q, xq_c, H if conv else H[0])
+                calib.accumulate_gram(q, xq_c, C if conv else C[0], x2=x_c)
                 yb = y if bias is None else y - _bias_shape(bias, y)
                 data.c0 += float(yb.double().pow(2).sum())
             else:
                 xs.append(xq.reshape(xq.shape[0], -1, d) if _conv_geometry(q) is None else xq)
                 ys.append(target.reshape(target.shape[0], -1, o) if _conv_geometry(q) is None else target)
+    if data is None:
+        raise ValueError(f"layer '{name}': no calibration batches")
     if data.objective == "rows":
         data.X = torch.cat(xs).contiguous()
         data.Y = torch.cat(ys).contiguous()
@@ -349,15 +364,17 @@ def _layer_loss(ctx, name: str, grid: _Grid, data: _LayerData, Wt: np.ndarray) -
     over all calibration rows."""
     q = ctx.qlayer(name)
     if data.objective == "gram":
-        loss, _ = _native.rounding_gram_loss_grad(grid.W, grid.scale, grid.zero, grid.bits, Wt, data.H,
-                                                  data.C, data.c0, data.n_rows, groups=grid.groups)
+        H, C = data.gram()
+        loss, _ = _native.rounding_gram_loss_grad(grid.W, grid.scale, grid.zero, grid.bits, Wt, H,
+                                                  C, data.c0, data.n_rows, groups=grid.groups)
         return loss
     w = torch.from_numpy(Wt).reshape(q.weight_shape)
     total = 0.0
     geo = _conv_geometry(q)
+    X, Y = data.rows()
     with torch.no_grad():
-        for i in range(0, data.X.shape[0], 256):
-            x, y = data.X[i:i + 256], data.Y[i:i + 256]
+        for i in range(0, X.shape[0], 256):
+            x, y = X[i:i + 256], Y[i:i + 256]
             if geo is None:
                 out = F.linear(x, w, q.bias)
             else:
@@ -397,13 +414,15 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
         while step < iters:
             k = min(chunk, iters - step)
             if data.objective == "gram":
+                H, C = data.gram()
                 rec, reg, soft = _native.rounding_run_gram(
-                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.H, data.C, data.c0,
+                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, H, C, data.c0,
                     data.n_rows, sched, step, k, groups=grid.groups)
             else:
                 bias = None if q.bias is None else q.bias.detach()
+                X, Y = data.rows()
                 rec, reg, soft = _native.rounding_run_rows(
-                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.X, data.Y, sched, step, k,
+                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, X, Y, sched, step, k,
                     bias=bias, conv=geo, relu=data.relu, batch=config.batch, seed=_seed(ctx, config, unit),
                     groups=grid.groups)
             step += k
@@ -715,12 +734,15 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
             soft_n = 0.0
             for n, g in grids.items():
                 V, m, v = states[n]
-                r, s = _native.rounding_apply_grad(g.W, g.scale, g.zero, g.bits, V, m, v, wts[n].grad, t,
+                grad = wts[n].grad
+                if grad is None:  # every weight feeds the block output
+                    raise RuntimeError(f"layer '{n}': no gradient reached its weight")
+                r, s = _native.rounding_apply_grad(g.W, g.scale, g.zero, g.bits, V, m, v, grad, t,
                                                    sched, Wt_next=wts[n].detach())
                 reg += r
                 soft_n += s * g.W.size
             soft = soft_n / sum(g.W.size for g in grids.values())
-            if opt is not None:
+            if opt is not None and sched_lr is not None:  # both or neither
                 opt.step()
                 sched_lr.step()
             if t % every == 0 or t == iters:
@@ -774,9 +796,9 @@ def run_reconstruction(ctx, config: AdaRoundConfig, extensions: Iterable[BlockEx
     units: list[BlockUnit | str] = []
     in_block: set[str] = set()
     if config.mode == "block":
-        for u in find_blocks(ctx.qmodel, names, batches[0].head(2)):
-            units.append(u)
-            in_block.update(u.layers)
+        for blk in find_blocks(ctx.qmodel, names, batches[0].head(2)):
+            units.append(blk)
+            in_block.update(blk.layers)
     units += [n for n in names if n not in in_block]
     order = {n: i for i, n in enumerate(names)}
     units.sort(key=lambda u: order[u.layers[0]] if isinstance(u, BlockUnit) else order[u])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from lowbit import calib
 from lowbit.config import check_range
 from lowbit.methods import adaround as A
-from lowbit.quantizers import QuantConv2d, QuantLayer, UniformActQuantizer
+from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear, UniformActQuantizer
 from lowbit.registry import register_method
 from lowbit.threshold import PARAMETERIZATIONS, BorderActQuantizer
 
@@ -128,7 +129,9 @@ def uniform_grid(aq: nn.Module | None) -> UniformActQuantizer | None:
 
 def make_border_quantizer(layer: QuantLayer, base: UniformActQuantizer, config: AQuantConfig) -> BorderActQuantizer:
     if config.per_channel:
-        channels, axis = (layer.in_channels, 1) if isinstance(layer, QuantConv2d) else (layer.in_features, -1)
+        # A QuantLayer is a QuantConv2d or a QuantLinear.
+        channels, axis = ((layer.in_channels, 1) if isinstance(layer, QuantConv2d)
+                          else (cast(QuantLinear, layer).in_features, -1))
     else:
         channels, axis = 1, 1
     return BorderActQuantizer.from_uniform(base, channels=channels, channel_axis=axis,
@@ -174,6 +177,7 @@ class BorderExtension(A.BlockExtension):
     # -- the global term ------------------------------------------------------------------
     def _kl_data(self, ctx) -> dict:
         if self._kl is None:
+            assert self.batches is not None, "kl_weight > 0 needs BorderExtension(config, batches)"
             inputs = []
             for b in self.batches:
                 if b.kwargs or len(b.args) != 1 or not isinstance(b.args[0], torch.Tensor):
@@ -190,6 +194,7 @@ class BorderExtension(A.BlockExtension):
         if self.config.kl_weight == 0 or self._fp_block is None:
             return None
         kl = self._kl
+        assert kl is not None  # _kl_data() ran before _fp_block was set
         hook = self._fp_block.register_forward_hook(lambda m, args, o: out)
         try:
             logits = kl["model"](kl["x"][idx])

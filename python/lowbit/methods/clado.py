@@ -164,6 +164,8 @@ class Engine:
         self._keep = 0
         self._first: dict[int, int] = {}
         self._sizes: list[int] = []
+        # The quantized weight of each (layer, bits), set by measure() for the final check.
+        self.qw: dict[tuple[str, int], torch.Tensor] = {}
         # Leaf modules only: replaying a module with children would skip their calls and shift
         # the call count the cache is indexed by.
         self._patched = [m for m in model.modules()
@@ -204,7 +206,7 @@ class Engine:
             m.__dict__.pop("forward", None)
         for n, m in self.mods.items():
             m.weight.data = self.fp_weight[n]
-        self.caches = []
+        self.caches: list[Any] = []
 
     @torch.no_grad()
     def _prepare(self, cache_bytes: float) -> None:

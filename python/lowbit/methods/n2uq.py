@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Iterable
+from typing import Iterable, cast
 
 import torch
 import torch.nn as nn
@@ -114,6 +114,7 @@ def n2uq_weight_grid(w2d: torch.Tensor, bits: int, p: float = 2.4) -> tuple[torc
         err = float((dequantize_codes(codes, scale, zero) - w2d).abs().double().pow(p).sum())
         if best is None or err < best[0]:
             best = (err, codes, scale, zero, alpha)
+    assert best is not None  # ALPHA_CANDIDATES is not empty
     _, codes, scale, zero, alpha = best
     return codes, scale, zero, float(alpha)
 
@@ -200,7 +201,7 @@ def level_figures(qmodel: nn.Module, names: Iterable[str], batches: list[calib.B
     """Per layer: weight occupancy and dead levels; for LTQ inputs also activation occupancy
     (on up to max_samples samples of batches), dead levels, threshold spread and shift."""
     names = list(names)
-    layers = {n: qmodel.get_submodule(n) for n in names}
+    layers = {n: cast(QuantLayer, qmodel.get_submodule(n)) for n in names}  # names: quantized layers
     counts: dict[str, torch.Tensor] = {}
     ltqs = {n: q.act_quant for n, q in layers.items() if isinstance(q.act_quant, LTQActQuantizer)}
 
