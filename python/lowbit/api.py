@@ -84,10 +84,13 @@ class QuantContext:
         self.stage = ""
 
     def spec(self, name: str) -> graph.LayerSpec:
+        """The LayerSpec (planned bits, granularity, ...) of layer ``name``."""
         return next(s for s in self.layers if s.name == name)
 
-    def fp_layer(self, name: str) -> nn.Module:
-        return self.fp_model.get_submodule(name)
+    def fp_layer(self, name: str) -> nn.Linear | nn.Conv2d:
+        """The float (BN-folded) layer ``name`` of the reconstruction target."""
+        # Planned layers are graph.QUANTIZABLE: nn.Linear or nn.Conv2d.
+        return cast("nn.Linear | nn.Conv2d", self.fp_model.get_submodule(name))
 
     def qlayer(self, name: str) -> QuantLayer:
         """The QuantLayer standing in for layer ``name`` in the model being quantized."""
@@ -95,6 +98,7 @@ class QuantContext:
         return cast(QuantLayer, self.qmodel.get_submodule(name))
 
     def progress(self, iterable: Iterable, **kw: Any) -> Iterable:
+        """``iterable`` behind a tqdm progress bar (silent unless settings.progress)."""
         return tqdm(iterable, disable=not self.settings.progress, **kw)
 
     def requantize(self, name: str, w_bits: int | None = None) -> None:

@@ -89,12 +89,15 @@ class WeightFakeQuant(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     def scale(self) -> torch.Tensor:
+        """The current step (R, G): scale0 * ratio (ratio floored at 1e-3)."""
         return (self.scale0 * self.ratio.clamp_min(1e-3)).expand_as(self.scale0)
 
     def forward(self) -> torch.Tensor:
+        """The fake-quantized weight (out, K), straight-through in the latent weight and the step."""
         rows, cols = self.weight.shape
         s = expand_units(self.scale(), rows, cols)
         z = expand_units(self.zero, rows, cols)

@@ -40,11 +40,13 @@ class LayerSpec:
 
 
 def get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the submodule ``name`` ("a.b.c" -> (a.b, "c"))."""
     parent_name, _, child = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule ``name`` of model with ``module``."""
     parent, child = get_parent(model, name)
     setattr(parent, child, module)
 
@@ -59,6 +61,9 @@ class Trace:
 
 
 def trace(model: nn.Module, call: Callable[[], Any], model_inputs: Iterable[torch.Tensor]) -> Trace:
+    """Run ``call()`` (a forward pass of model) under hooks on its Linear / Conv2d / BatchNorm
+    modules: their call order, which of them read one of ``model_inputs`` directly, and which
+    BatchNorms read exactly a Conv2d's output (the pairs fold_bn folds)."""
     input_ids = {id(t) for t in model_inputs}
     order: list[str] = []
     seen: set[str] = set()

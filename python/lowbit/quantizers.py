@@ -59,9 +59,11 @@ class UniformActQuantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x fake-quantized (QDrop keeps each element in float with probability 1 - drop_prob)."""
         s, z = self.scale, self.zero
         q = torch.clamp(round_ste(x / s) + z, 0, self.qmax)
         xq = (q - z) * s
@@ -109,6 +111,7 @@ class QuantLayer(nn.Module):
 
     @property
     def granularity(self) -> str:
+        """"tensor", "channel" or "group", from the shape of scale."""
         R, G = self.scale.shape
         if R == 1 and G == 1:
             return "tensor"
@@ -140,6 +143,7 @@ class QuantLayer(nn.Module):
 
     @property
     def a_bits(self) -> int | None:
+        """Bits of the input quantizer, None without one."""
         return getattr(self.act_quant, "bits", None)
 
 

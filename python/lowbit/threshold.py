@@ -155,6 +155,7 @@ class _ThresholdActQuantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     @property
@@ -243,6 +244,7 @@ class BorderActQuantizer(_ThresholdActQuantizer):
 
     @property
     def affine(self) -> bool:
+        """True with the affine border parameterisation, False with the table."""
         return self.parameterization == "affine"
 
     def borders(self) -> torch.Tensor:
@@ -257,6 +259,7 @@ class BorderActQuantizer(_ThresholdActQuantizer):
         return s * (k + self.borders() - z)
 
     def output_scale(self) -> float:
+        """The output step s (x^ = s * (code - zero))."""
         return float(self.scale.item())
 
     def _quant(self, x2: torch.Tensor, numel: int) -> torch.Tensor:
@@ -321,6 +324,7 @@ class LTQActQuantizer(_ThresholdActQuantizer):
         return torch.from_numpy(t)
 
     def output_scale(self) -> float:
+        """The output step s (x^ = s * (code - zero))."""
         return float(self.scale.item())
 
     def _quant(self, x2: torch.Tensor, numel: int) -> torch.Tensor:
@@ -385,10 +389,12 @@ class N2UQWeightQuantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     @property
     def gamma(self) -> float:
+        """N2UQ's gamma_b = (2^b - 1) / 2^(b-1)."""
         return self.qmax / 2 ** (self.bits - 1)
 
     def channel_scale(self, w2d: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 import numpy as np
 import torch
@@ -46,8 +46,11 @@ from tqdm.auto import tqdm
 
 from lowbit import _native, calib
 from lowbit.config import QuantConfig, check_range
-from lowbit.quantizers import QuantLayer, UniformActQuantizer, float_weight_2d
+from lowbit.quantizers import QuantConv2d, QuantLayer, UniformActQuantizer, float_weight_2d
 from lowbit.registry import register_method
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
 
 MODES = ("layer", "block")
 OBJECTIVES = ("auto", "gram", "rows")
@@ -154,7 +157,7 @@ def _run_until(model: nn.Module, batch: calib.Batch) -> None:
         pass
 
 
-def _module_io(ctx, fp_mod: nn.Module, q_mod: nn.Module, batch: calib.Batch,
+def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: calib.Batch,
                q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x):
     """(FP input, FP output, quantized-network input mapped by ``q_input``) of one module for
     one batch, in float32; each network runs only up to that module."""
@@ -217,7 +220,7 @@ def relu_followed(model: nn.Module, modules: dict[str, nn.Module], batch: calib.
     return mode.found
 
 
-def _samples(ctx, config: AdaRoundConfig) -> list[calib.Batch]:
+def _samples(ctx: QuantContext, config: AdaRoundConfig) -> list[calib.Batch]:
     return list(calib.chunks(ctx.batches, config.num_samples))
 
 
@@ -257,7 +260,7 @@ def _conv_geometry(q: QuantLayer) -> dict | None:
     return dict(kernel_size=q.kernel_size, stride=q.stride, padding=q.padding, dilation=q.dilation)
 
 
-def _progress(ctx, total: int, desc: str) -> tqdm:
+def _progress(ctx: QuantContext, total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, leave=False, disable=not ctx.settings.progress, unit="it")
 
 
@@ -303,7 +306,7 @@ def _pick_objective(config: AdaRoundConfig, relu: bool, grid: _Grid, rows_per_sa
     return "gram" if gram_cost <= GRAM_PREFERENCE * rows_cost else "rows"
 
 
-def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Grid,
+def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: bool, grid: _Grid,
                    batches: list[calib.Batch]) -> _LayerData:
     """Stream the calibration set through both networks up to layer `name` (and no further)."""
     q, fp = ctx.qlayer(name), ctx.fp_layer(name)
@@ -359,7 +362,7 @@ def _bias_shape(bias: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return bias.reshape(1, -1, *([1] * (y.dim() - 2))) if y.dim() == 4 else bias
 
 
-def _layer_loss(ctx, name: str, grid: _Grid, data: _LayerData, Wt: np.ndarray) -> float:
+def _layer_loss(ctx: QuantContext, name: str, grid: _Grid, data: _LayerData, Wt: np.ndarray) -> float:
     """The reconstruction loss (mean over rows of the sum over channels) at weight Wt (o, d),
     over all calibration rows."""
     q = ctx.qlayer(name)
@@ -378,7 +381,8 @@ def _layer_loss(ctx, name: str, grid: _Grid, data: _LayerData, Wt: np.ndarray) -
             if geo is None:
                 out = F.linear(x, w, q.bias)
             else:
-                out = F.conv2d(x, w, q.bias, geo["stride"], geo["padding"], geo["dilation"], q.groups)
+                groups = cast(QuantConv2d, q).groups  # a layer with a conv geometry is a QuantConv2d
+                out = F.conv2d(x, w, q.bias, geo["stride"], geo["padding"], geo["dilation"], groups)
             if data.relu:
                 out = torch.relu(out)
             total += float((out - y).double().pow(2).sum())
@@ -389,11 +393,11 @@ def _dequant(grid: _Grid, codes: torch.Tensor) -> np.ndarray:
     return _native.dequantize(codes, grid.scale, grid.zero, grid.bits)
 
 
-def _seed(ctx, config: AdaRoundConfig, unit: int) -> int:
+def _seed(ctx: QuantContext, config: AdaRoundConfig, unit: int) -> int:
     return (int(ctx.settings.seed) + int(config.seed_offset)) * 1_000_003 + unit
 
 
-def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: int,
+def reconstruct_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: bool, unit: int,
                       batches: list[calib.Batch]) -> None:
     """AdaRound on one layer: collect, optimise in C++, set the learned codes, note figures."""
     t0 = time.perf_counter()
@@ -506,7 +510,7 @@ class BlockExtension:
 
     replaces_act_steps: bool = False
 
-    def setup(self, ctx, unit: BlockUnit, config: AdaRoundConfig, seed: int) -> list[dict[str, Any]]:
+    def setup(self, ctx: QuantContext, unit: BlockUnit, config: AdaRoundConfig, seed: int) -> list[dict[str, Any]]:
         return []
 
     def begin_step(self, t: int, iters: int) -> None:
@@ -520,7 +524,7 @@ class BlockExtension:
     def before_eval(self) -> None:
         """Learning is over; called before the block's final evaluation (no dropping, hard)."""
 
-    def finish(self, ctx, unit: BlockUnit, keep: bool) -> None:
+    def finish(self, ctx: QuantContext, unit: BlockUnit, keep: bool) -> None:
         """keep: whether the block's learned state is kept (False when nearest was kept)."""
 
 
@@ -601,7 +605,7 @@ class ActStepExtension(BlockExtension):
     def __init__(self) -> None:
         self.swapped: list[tuple[QuantLayer, UniformActQuantizer, LsqActQuant]] = []
 
-    def setup(self, ctx, unit, config, seed):
+    def setup(self, ctx: QuantContext, unit, config, seed):
         gen = torch.Generator().manual_seed(seed)
         params = []
         for name in unit.layers:
@@ -619,7 +623,7 @@ class ActStepExtension(BlockExtension):
         for _, _, lsq in self.swapped:
             lsq.drop_prob = 0.0
 
-    def finish(self, ctx, unit, keep):
+    def finish(self, ctx: QuantContext, unit, keep):
         for q, base, lsq in self.swapped:
             if keep and lsq.scale.requires_grad:
                 with torch.no_grad():
@@ -628,7 +632,7 @@ class ActStepExtension(BlockExtension):
         self.swapped = []
 
 
-def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
+def _collect_block(ctx: QuantContext, unit: BlockUnit, batches: list[calib.Batch]):
     """Block inputs of both networks and the FP block outputs over the calibration set."""
     fp_mod, q_mod = ctx.fp_model.get_submodule(unit.name), ctx.qmodel.get_submodule(unit.name)
     xs, xqs, ys = [], [], []
@@ -672,7 +676,7 @@ def _block_eval(block: nn.Module, Xq: torch.Tensor, Y: torch.Tensor) -> tuple[fl
     return total / rows, ysq / rows
 
 
-def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
+def reconstruct_block(ctx: QuantContext, unit: BlockUnit, config: AdaRoundConfig, index: int,
                       batches: list[calib.Batch], extensions: Iterable[BlockExtension] = ()) -> None:
     """BRECQ / QDrop on one block: torch autograd for the block's forward and backward, the
     rounding math, regulariser and Adam on V in C++ (rounding_apply_grad), extensions' parameters
@@ -783,7 +787,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
 # --- the method -----------------------------------------------------------------------------
 
 
-def run_reconstruction(ctx, config: AdaRoundConfig, extensions: Iterable[BlockExtension] = ()) -> None:
+def run_reconstruction(ctx: QuantContext, config: AdaRoundConfig, extensions: Iterable[BlockExtension] = ()) -> None:
     """Layer or block reconstruction over the whole model, in execution order. ``extensions``
     (block mode) add learnable parameters to every block's loop."""
     batches = _samples(ctx, config)
@@ -811,6 +815,6 @@ def run_reconstruction(ctx, config: AdaRoundConfig, extensions: Iterable[BlockEx
 
 
 @register_method("adaround", AdaRoundConfig, "learned up/down rounding per layer or block (AdaRound, BRECQ, QDrop)")
-def run(ctx, config: AdaRoundConfig) -> None:
+def run(ctx: QuantContext, config: AdaRoundConfig) -> None:
     """Learned up/down rounding per layer or block (AdaRound, BRECQ, QDrop)."""
     run_reconstruction(ctx, config)

@@ -47,6 +47,7 @@ from lowbit.quantizers import (
 from lowbit.registry import register_method
 
 if TYPE_CHECKING:
+    from lowbit.api import QuantContext
     from lowbit.pack import PackedLayer
 
     # The mixins below are only ever combined with these classes (MultipointLinear(MultipointMixin,
@@ -236,7 +237,7 @@ def to_multipoint(q: QuantLayer) -> MultipointMixin:
     raise TypeError(f"cannot add points to {type(q).__name__}")
 
 
-def layer_grams(ctx, names: list[str], num_samples: int | None) -> dict[str, np.ndarray]:
+def layer_grams(ctx: QuantContext, names: list[str], num_samples: int | None) -> dict[str, np.ndarray]:
     """Gram matrices (groups, K, K) of each layer's float inputs on the calibration data,
     gathered in as few passes as fit GRAM_BYTES_PER_PASS."""
     shapes = {}
@@ -305,7 +306,7 @@ def _layer_out(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor
     return F.linear(x, w)
 
 
-def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
+def asymmetric_start(ctx: QuantContext, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
                      num_samples: int | None):
     """For layer `name` with float inputs x (float network) and quantized inputs xq (the
     quantized network, after the layer's input quantizer), over the calibration samples:
@@ -373,7 +374,7 @@ def apportion(total: float, sizes: list[int]) -> list[int]:
 
 
 @register_method("multipoint", MultipointConfig, "extra low-bit points on the channels with the largest output error")
-def run(ctx, config: MultipointConfig) -> None:
+def run(ctx: QuantContext, config: MultipointConfig) -> None:
     """Extra low-bit points on the channels with the largest output error."""
     names = [s.name for s in ctx.layers if ctx.qlayer(s.name).w_bits < 8]
     skipped = [s.name for s in ctx.layers if s.name not in names]
@@ -431,7 +432,7 @@ def run(ctx, config: MultipointConfig) -> None:
                  wide_channels=int(new.wide_channel.numel()),
                  output_error_drop=round(1 - err_after / err_before, 4) if err_before > 0 else 0.0)
 
-    mp = [ctx.qlayer(n) for n in names]
+    mp = [cast(MultipointMixin, ctx.qlayer(n)) for n in names]  # each was swapped for to_multipoint(q)
     points = sum(m.num_points for m in mp)
     wide = sum(int(m.wide_channel.numel()) for m in mp)
     total_rows = sum(rows.values())
