@@ -32,7 +32,7 @@ def config_for(method: str, args) -> dict | None:
     cfg = dict(iters=args.iters, lr=args.lr, reg_lambda=args.reg_lambda, mode="block",
                drop_prob=0.5, learn_act_scale=True, act_lr=args.act_lr, num_samples=args.num_samples)
     if method == "aquant":
-        cfg.update(border_lr=args.border_lr)
+        cfg.update(border_lr=args.border_lr, kl_weight=args.kl_weight)
     return cfg
 
 
@@ -48,7 +48,7 @@ def run_one(task, method: str, bits: int, seed: int, args) -> dict:
         rep = q.lowbit_report
         shifts = [r.extra["border_threshold_shift_mean"] for r in rep.layers if "border_threshold_shift_mean" in r.extra]
         dead = [r.extra["border_dead_levels"] for r in rep.layers if "border_dead_levels" in r.extra]
-        row.update(border_layers=len(shifts), threshold_shift_mean=statistics.fmean(shifts) if shifts else 0.0,
+        row.update(kl_weight=args.kl_weight, border_layers=len(shifts), threshold_shift_mean=statistics.fmean(shifts) if shifts else 0.0,
                    dead_levels=sum(dead))
     kept = [r.name for r in q.lowbit_report.layers if r.method == "nearest (kept)"]
     row["kept_nearest"] = kept
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--reg-lambda", type=float, default=0.01)
     ap.add_argument("--act-lr", type=float, default=4e-5)
     ap.add_argument("--border-lr", type=float, default=5e-3)
+    ap.add_argument("--kl-weight", type=float, default=0.0, help="AQuant's global KL term (lambda_g)")
     ap.add_argument("--num-samples", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="aquant_fmnist.jsonl")

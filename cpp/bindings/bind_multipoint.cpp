@@ -1,5 +1,6 @@
 #include <vector>
 
+#include "bind_packed.h"
 #include "bind_util.h"
 #include "lowbit/multipoint.h"
 
@@ -19,6 +20,59 @@ void bind_multipoint(py::module_& m) {
         multipoint_fold(yv, ch, P, ov);
       },
       py::arg("y_ext").noconvert(), py::arg("channel").noconvert(), py::arg("out").noconvert());
+  // The fused packed multipoint products (multipoint.h): the packed arrays of the N + P rows
+  // (as qmatmul_f32 / qmatmul_a8 take them), the P point channels, out (M, N).
+  m.def(
+      "multipoint_qmatmul_f32",
+      [](const Array<uint8_t>& codes, const Array<float>& scales, const Array<uint8_t>& zeros,
+         int bits, int64_t rows, int64_t cols, int64_t group_size, const Array<float>& x,
+         py::object bias, const Array<int32_t>& channel, Array<float>& out) {
+        const PackedMatrix w = packed_of(codes, scales, zeros, bits, rows, cols, group_size);
+        auto xv = matrix_in(x, "x");
+        check_shape(x, {-1, cols}, "x");
+        check_ndim(channel, 1, "channel");
+        const int64_t P = channel.shape(0);
+        check_shape(out, {xv.rows, rows - P}, "out");
+        const float* b = optional_f32(bias, {rows}, "bias");
+        auto ov = matrix_out(out, "out");
+        const int32_t* ch = channel.data();
+        py::gil_scoped_release release;
+        multipoint_qmatmul_f32(w, xv, b, ch, P, ov);
+      },
+      py::arg("codes").noconvert(), py::arg("scales").noconvert(), py::arg("zeros").noconvert(),
+      py::arg("bits"), py::arg("rows"), py::arg("cols"), py::arg("group_size"),
+      py::arg("x").noconvert(), py::arg("bias"), py::arg("channel").noconvert(),
+      py::arg("out").noconvert());
+  m.def(
+      "multipoint_qmatmul_a8",
+      [](const Array<uint8_t>& codes, const Array<float>& scales, const Array<uint8_t>& zeros,
+         int bits, int64_t rows, int64_t cols, int64_t group_size, const Array<float>& x,
+         bool dynamic, float a_scale, float a_zero, int a_bits, py::object row_sums,
+         py::object bias, const Array<int32_t>& channel, Array<float>& out) {
+        const PackedMatrix w = packed_of(codes, scales, zeros, bits, rows, cols, group_size);
+        auto xv = matrix_in(x, "x");
+        check_shape(x, {-1, cols}, "x");
+        check_ndim(channel, 1, "channel");
+        const int64_t P = channel.shape(0);
+        check_shape(out, {xv.rows, rows - P}, "out");
+        ActQuant aq;
+        aq.dynamic = dynamic;
+        aq.scale = a_scale;
+        aq.zero = a_zero;
+        aq.bits = a_bits;
+        check_act_quant(aq);
+        const float* rs = optional_f32(row_sums, {rows}, "row_sums");
+        const float* b = optional_f32(bias, {rows}, "bias");
+        auto ov = matrix_out(out, "out");
+        const int32_t* ch = channel.data();
+        py::gil_scoped_release release;
+        multipoint_qmatmul_a8(w, xv, aq, rs, b, ch, P, ov);
+      },
+      py::arg("codes").noconvert(), py::arg("scales").noconvert(), py::arg("zeros").noconvert(),
+      py::arg("bits"), py::arg("rows"), py::arg("cols"), py::arg("group_size"),
+      py::arg("x").noconvert(), py::arg("dynamic"), py::arg("a_scale"), py::arg("a_zero"),
+      py::arg("a_bits"), py::arg("row_sums"), py::arg("bias"), py::arg("channel").noconvert(),
+      py::arg("out").noconvert());
   m.def(
       "multipoint_sweep",
       [](const Array<float>& R, int bits, Array<float>& scale, Array<float>& zero,

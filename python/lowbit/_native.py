@@ -444,6 +444,31 @@ def qmatmul(p: Packed, x: ArrayLike, bias: ArrayLike | None = None) -> np.ndarra
     return y
 
 
+def multipoint_qmatmul(p: Packed, x: ArrayLike, channel: ArrayLike, bias: ArrayLike | None = None, *,
+                       int8: bool = False, act: tuple[float, float, int] | None = None,
+                       row_sums: np.ndarray | None = None) -> np.ndarray:
+    """out (M, rows - P) = multipoint_fold(x W_ext^T + bias, channel) in one native call.
+
+    ``p`` holds the N base rows then the P = len(channel) point rows; ``bias`` has p.rows
+    entries (zeros for the point rows). ``int8`` False runs the weight-only path (as
+    ``qmatmul``), True the int8-activation path with ``act`` / ``row_sums`` (as ``qmatmul_a8``).
+    The same bits as the two calls ``multipoint_fold(qmatmul(...), channel)``.
+    """
+    xa = _rows_of(x, p.cols)
+    ch = as_i32(channel).reshape(-1)
+    if ch.size > p.rows:
+        raise ValueError(f"channel: {ch.size} points but the packed matrix has only {p.rows} rows")
+    out = np.empty((xa.shape[0], p.rows - ch.size), dtype=np.float32)
+    b = None if bias is None else as_f32(bias)
+    if not int8:
+        _C.multipoint_qmatmul_f32(*p.args(), xa, b, ch, out)
+    else:
+        dynamic = act is None
+        s, z, nb = (1.0, 0.0, 8) if act is None else (float(act[0]), float(act[1]), int(act[2]))
+        _C.multipoint_qmatmul_a8(*p.args(), xa, dynamic, s, z, nb, row_sums, b, ch, out)
+    return out
+
+
 def packed_row_sums(p: Packed) -> np.ndarray:
     """row_sums (rows,) = sum_g s_g * sum_k (q - z): what the static int8 path adds per row."""
     out = np.empty(p.rows, dtype=np.float32)

@@ -178,27 +178,36 @@ class PackedLayer(nn.Module):
             self._row_sums = _native.packed_row_sums(self.packed())
         return self._row_sums
 
-    def _matmul(self, x2: torch.Tensor, part: tuple | None = None) -> torch.Tensor:
+    def _matmul(self, x2: torch.Tensor, part: tuple | None = None, channel: np.ndarray | None = None) -> torch.Tensor:
         """(M, N) = x2 (M, K) W^T + bias through this layer's kernel path. ``part`` =
-        (packed row slice, its bias, its row slice) runs a slice of the matrix (grouped convs)."""
+        (packed row slice, its bias, its row slice) runs a slice of the matrix (grouped convs).
+        ``channel`` (int32, P) folds the last P rows into those channels in the same native call
+        (packed multipoint: out (M, rows - P))."""
         if part is None:
             p, b, rows = self.packed(), self.bias, slice(None)
         else:
             p, b, rows = part
         path = self.path
+        kw: dict[str, Any] | None  # the int8 path's act / row_sums; None: weight-only
         if path == "int8_static":
             aq = cast(UniformActQuantizer, self.act_quant)  # the path _fusable() accepted
             act = (float(aq.scale.reshape(-1)[0]), float(aq.zero.reshape(-1)[0]), int(aq.bits))
-            y = _native.qmatmul_a8(p, x2, act, b, np.ascontiguousarray(self._all_row_sums()[rows]))
+            kw = dict(act=act, row_sums=np.ascontiguousarray(self._all_row_sums()[rows]))
         elif path == "threshold_int8":  # x2 already went through threshold_requantize
-            y = _native.qmatmul_a8(p, x2, _threshold_act(cast("_ThresholdActQuantizer", self.act_quant)), b,
-                                   np.ascontiguousarray(self._all_row_sums()[rows]))
+            kw = dict(act=_threshold_act(cast("_ThresholdActQuantizer", self.act_quant)),
+                      row_sums=np.ascontiguousarray(self._all_row_sums()[rows]))
         elif path == "int8_dynamic":
-            y = _native.qmatmul_a8(p, x2, None, b)
+            kw = dict(act=None)
         else:
             if self.act_quant is not None:
                 x2 = self.act_quant(x2)
+            kw = None
+        if channel is not None:
+            y = _native.multipoint_qmatmul(p, x2, channel, b, int8=kw is not None, **(kw or {}))
+        elif kw is None:
             y = _native.qmatmul(p, x2, b)
+        else:
+            y = _native.qmatmul_a8(p, x2, kw["act"], b, kw.get("row_sums"))
         return torch.from_numpy(y)
 
     def _apply(self, fn, *args, **kwargs):

@@ -178,6 +178,28 @@ def test_prefix_cache_gives_the_same_losses(digits):
         assert "forward" not in mod.__dict__
 
 
+def test_nested_prefixes_give_the_same_losses(digits):
+    """A depth-first search over allocations: each prefix extends its parent's by one layer."""
+    m, calib, _ = digits
+    batches = [lowbit.calib.to_batch(b) for b in calib]
+    names = ["c1", "c2", "c3", "c4", "fc1", "fc2"]
+    eng = clado.Engine(m, batches, names, "kl")
+    try:
+        rng = torch.Generator().manual_seed(1)
+        w = {n: eng.fp_weight[n] + 0.05 * torch.randn(eng.fp_weight[n].shape, generator=rng) for n in names}
+        base = None
+        for d in range(len(names) - 1):
+            base = eng.prefix({n: w[n] for n in names[: d + 1]}, eng.pos[names[d + 1]], base)
+            assert [len(c) for c in base.caches] == [eng.pos[names[d + 1]]] * len(batches)
+            for last in (w[names[d + 1]], eng.fp_weight[names[d + 1]] * 0.8):
+                full = {**{n: w[n] for n in names[: d + 1]}, names[d + 1]: last}
+                assert eng.loss(full, prefix=base) == pytest.approx(eng.loss(full, use_cache=False), rel=1e-12)
+        with pytest.raises(ValueError, match="other weights"):
+            eng.loss({"c1": w["c1"]}, prefix=eng.prefix({}, 3))  # c1 was float in that prefix
+    finally:
+        eng.close()
+
+
 class ScaledBlock(nn.Module):
     """A module with its own parameter around a parameterised child (not replayable as a whole)."""
 

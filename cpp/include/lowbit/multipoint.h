@@ -23,6 +23,7 @@
 #pragma once
 #include <cstdint>
 
+#include "lowbit/qmatmul.h"
 #include "lowbit/view.h"
 
 namespace lowbit {
@@ -81,5 +82,16 @@ int64_t multipoint_build(ConstMatrixView<float> W, ConstMatrixView<float> base, 
 // Parallel over rows of y_ext; every output is summed in the same order at any thread count.
 void multipoint_fold(ConstMatrixView<float> y_ext, const int32_t* channel, int64_t P,
                      MatrixView<float> out);
+
+// The fused packed multipoint product: one call that runs the packed product of w (N + P rows:
+// the N base rows, then the P point rows) into a per-thread scratch y_ext (M, N + P) and folds
+// it into out (M, N) with multipoint_fold. The same bits as qmatmul_f32 / qmatmul_a8 followed by
+// multipoint_fold (same operations, same order), without the round trip through the caller.
+// bias (N + P entries, zeros for the point rows, as the two-call path takes it) may be null.
+void multipoint_qmatmul_f32(const PackedMatrix& w, ConstMatrixView<float> x, const float* bias,
+                            const int32_t* channel, int64_t P, MatrixView<float> out);
+void multipoint_qmatmul_a8(const PackedMatrix& w, ConstMatrixView<float> x, const ActQuant& aq,
+                           const float* row_sums, const float* bias, const int32_t* channel,
+                           int64_t P, MatrixView<float> out);
 
 }  // namespace lowbit

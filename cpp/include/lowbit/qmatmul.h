@@ -6,6 +6,12 @@
 // AVX2 kernels). Every variant gives the same bits as the scalar *_ref kernels, at any thread
 // count: the floating-point operations below happen in the same order everywhere.
 //
+// Regimes of the weight-only path: up to 3 rows, each block of codes is decoded in registers
+// and used at once; from 4 rows on, a tile is decoded once per chunk of 128 columns into an L1
+// buffer of (q - z) floats that every activation row then reads (the weights are streamed and
+// decoded once for all M rows). It is bound by fp32 FMAs from a few rows on (M*N*K of them,
+// one per weight and row, in the order below); the int8 path has 4x the MACs per instruction.
+//
 // Weight-only path (qmatmul_f32): fp32 activations, the weight decoded to (q - z) exactly.
 //   per row n, activation row m:
 //     y = 0

@@ -317,15 +317,62 @@ int64_t multipoint_build(ConstMatrixView<float> W, ConstMatrixView<float> base, 
   return count;
 }
 
+namespace {
+
+void check_channels(const int32_t* channel, int64_t P, int64_t N) {
+  for (int64_t p = 0; p < P; ++p)
+    LOWBIT_CHECK(channel[p] >= 0 && channel[p] < N,
+                 "channel[" << p << "] = " << channel[p] << " is not a channel in [0, " << N << ")");
+}
+
+// Scratch of the fused product, kept per calling thread between calls (no allocation and no
+// fresh pages per call); released when it grew past 64 MiB.
+template <class Product>
+void fused_product(const PackedMatrix& w, ConstMatrixView<float> x, const int32_t* channel,
+                   int64_t P, MatrixView<float> out, Product&& product) {
+  const int64_t rows = w.shape.rows;
+  LOWBIT_CHECK(P >= 0 && P <= rows, "P = " << P << " points but the packed matrix has " << rows
+                                           << " rows");
+  const int64_t N = rows - P;
+  LOWBIT_CHECK(out.rows == x.rows && out.cols == N,
+               "out must be (" << x.rows << ", " << N << "), got (" << out.rows << ", " << out.cols
+                               << ")");
+  check_channels(channel, P, N);
+  if (P == 0) {
+    product(out);
+    return;
+  }
+  thread_local std::vector<float> scratch;
+  const size_t need = sz(x.rows * rows);
+  if (scratch.size() < need) scratch.resize(need);
+  MatrixView<float> y_ext{scratch.data(), x.rows, rows, rows};
+  product(y_ext);
+  multipoint_fold(ConstMatrixView<float>{scratch.data(), x.rows, rows, rows}, channel, P, out);
+  if (scratch.size() > (size_t(64) << 20) / sizeof(float)) std::vector<float>().swap(scratch);
+}
+
+}  // namespace
+
+void multipoint_qmatmul_f32(const PackedMatrix& w, ConstMatrixView<float> x, const float* bias,
+                            const int32_t* channel, int64_t P, MatrixView<float> out) {
+  fused_product(w, x, channel, P, out,
+                [&](MatrixView<float> y) { qmatmul_f32(w, x, bias, y); });
+}
+
+void multipoint_qmatmul_a8(const PackedMatrix& w, ConstMatrixView<float> x, const ActQuant& aq,
+                           const float* row_sums, const float* bias, const int32_t* channel,
+                           int64_t P, MatrixView<float> out) {
+  fused_product(w, x, channel, P, out,
+                [&](MatrixView<float> y) { qmatmul_a8(w, x, aq, row_sums, bias, y); });
+}
+
 void multipoint_fold(ConstMatrixView<float> y_ext, const int32_t* channel, int64_t P,
                      MatrixView<float> out) {
   const int64_t N = out.cols;
   LOWBIT_CHECK(P >= 0 && y_ext.cols == N + P && y_ext.rows == out.rows,
                "y_ext must be (" << out.rows << ", " << N + P << "), got (" << y_ext.rows << ", "
                                  << y_ext.cols << ")");
-  for (int64_t p = 0; p < P; ++p)
-    LOWBIT_CHECK(channel[p] >= 0 && channel[p] < N,
-                 "channel[" << p << "] = " << channel[p] << " is not a channel in [0, " << N << ")");
+  check_channels(channel, P, N);
   parallel_for(0, out.rows, 64, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const float* y = y_ext.row(m);

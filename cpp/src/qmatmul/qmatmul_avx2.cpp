@@ -202,6 +202,107 @@ void f32_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
   }
 }
 
+// Many rows (M >= 4): each half tile is decoded once per chunk of up to kChunk columns into
+// an L1 buffer of floats that every block of kMR rows then reads; column k of row m still goes
+// into acc[m][k % 4] in k order (qmatmul.h), JB of the four chains at a time.
+constexpr int kChunk = 128;    // columns decoded at once (4 KiB of floats)
+constexpr int kRowBlock = 32;  // rows whose accumulators live in the L1 buffers
+constexpr int kMR = 4;         // rows per register block
+
+template <int MR>
+inline void fma_chunk(const float* D, int ncols, const float* x, int64_t ldx, float* accm) {
+  constexpr int JB = MR >= 4 ? 2 : 4;  // >= 8 independent FMA chains where the rows allow
+  _Pragma("GCC unroll 4")
+  for (int j0 = 0; j0 < 4; j0 += JB) {
+    __m256 acc[MR][JB];
+    _Pragma("GCC unroll 8")
+    for (int m = 0; m < MR; ++m)
+      _Pragma("GCC unroll 4")
+      for (int jj = 0; jj < JB; ++jj) acc[m][jj] = _mm256_loadu_ps(accm + (m * 4 + j0 + jj) * 8);
+    for (int k = j0; k < ncols; k += 4) {
+      _Pragma("GCC unroll 4")
+      for (int jj = 0; jj < JB; ++jj) {
+        const __m256 d = _mm256_load_ps(D + (k + jj) * 8);
+        _Pragma("GCC unroll 8")
+        for (int m = 0; m < MR; ++m)
+          acc[m][jj] = _mm256_fmadd_ps(d, _mm256_set1_ps(x[m * ldx + k + jj]), acc[m][jj]);
+      }
+    }
+    _Pragma("GCC unroll 8")
+    for (int m = 0; m < MR; ++m)
+      _Pragma("GCC unroll 4")
+      for (int jj = 0; jj < JB; ++jj) _mm256_storeu_ps(accm + (m * 4 + j0 + jj) * 8, acc[m][jj]);
+  }
+}
+
+template <int Bits>
+void f32_half_many(const QmmArgs& a, int64_t t, int h) {
+  constexpr int NV = vectors_per_block(Bits), KB = 4 * NV, BB = block_bytes(Bits);
+  alignas(32) float D[kChunk * 8];
+  alignas(32) float accm[kRowBlock * 4 * 8];
+  alignas(32) float ym[kRowBlock * 8];
+  const uint8_t* tile = a.codes + t * a.tile_bytes;
+  const int64_t nblk = a.gcols / KB;
+  const __m256i magic = _mm256_set1_epi32(0x4B000000);  // float 2^23
+  const __m256i low_byte = _mm256_set1_epi32(0xFF);
+  const __m256i pick1 = _mm256_set1_epi32(int(0x80808001u)), pick2 = _mm256_set1_epi32(int(0x80808002u));
+  const __m256i lane4 = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
+  const __m256i sel1 = _mm256_add_epi32(pick1, lane4), sel2 = _mm256_add_epi32(pick2, lane4);
+  const int n = rows_left(a, t, h);
+  const int64_t n0 = t * 16 + 8 * h;
+  for (int64_t mb = 0; mb < a.M; mb += kRowBlock) {
+    const int nm = int(a.M - mb < kRowBlock ? a.M - mb : kRowBlock);
+    for (int m = 0; m < nm; ++m) _mm256_store_ps(ym + m * 8, _mm256_setzero_ps());
+    for (int64_t g = 0; g < a.G; ++g) {
+      const int64_t u = (t * a.G + g) * 16 + 8 * h;
+      const __m256 bias_z = _mm256_castsi256_ps(_mm256_or_si256(
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u))), magic));
+      for (int i = 0; i < nm * 4; ++i) _mm256_store_ps(accm + i * 8, _mm256_setzero_ps());
+      const uint8_t* p = tile + g * nblk * BB;
+      for (int64_t c0 = 0; c0 < a.gcols; c0 += kChunk) {
+        const int ncols = int(a.gcols - c0 < kChunk ? a.gcols - c0 : kChunk);
+        for (int k = 0; k < ncols; k += KB) {
+          __m256i W[NV];
+          unpack<Bits>(p, h, W);
+          _Pragma("GCC unroll 16")
+          for (int i = 0; i < NV; ++i) {
+            __m256 wf[4];
+            wf[0] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(W[i], low_byte), magic));
+            wf[1] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel1), magic));
+            wf[2] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel2), magic));
+            wf[3] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(W[i], 24), magic));
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < 4; ++j)
+              _mm256_store_ps(D + (k + 4 * i + j) * 8, _mm256_sub_ps(wf[j], bias_z));  // q - z, exact
+          }
+          p += BB;
+        }
+        const float* xc = a.x + mb * a.ldx + g * a.gcols + c0;
+        int m = 0;
+        for (; m + kMR <= nm; m += kMR) fma_chunk<kMR>(D, ncols, xc + m * a.ldx, a.ldx, accm + m * 32);
+        switch (nm - m) {
+          case 1: fma_chunk<1>(D, ncols, xc + m * a.ldx, a.ldx, accm + m * 32); break;
+          case 2: fma_chunk<2>(D, ncols, xc + m * a.ldx, a.ldx, accm + m * 32); break;
+          case 3: fma_chunk<3>(D, ncols, xc + m * a.ldx, a.ldx, accm + m * 32); break;
+          default: break;
+        }
+      }
+      const __m256 s = _mm256_loadu_ps(a.scales + u);
+      for (int m = 0; m < nm; ++m) {
+        const float* am = accm + m * 32;
+        const __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(am), _mm256_load_ps(am + 8)),
+                                         _mm256_add_ps(_mm256_load_ps(am + 16), _mm256_load_ps(am + 24)));
+        _mm256_store_ps(ym + m * 8, _mm256_fmadd_ps(s, sum, _mm256_load_ps(ym + m * 8)));
+      }
+    }
+    for (int m = 0; m < nm; ++m) {
+      __m256 v = _mm256_load_ps(ym + m * 8);
+      if (a.bias) v = _mm256_add_ps(v, load_rows(a.bias + n0, n));
+      store_rows(a.y + (mb + m) * a.ldy + n0, v, n);
+    }
+  }
+}
+
 template <int Bits>
 void a8_tiles(const QmmArgs& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t)
@@ -223,6 +324,10 @@ void f32_tiles(const QmmArgs& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t)
     for (int h = 0; h < 2; ++h) {
       if (rows_left(a, t, h) == 0) continue;
+      if (a.M >= 4) {
+        f32_half_many<Bits>(a, t, h);
+        continue;
+      }
       for (int64_t m0 = 0; m0 < a.M; m0 += kMaxRowsF32) {
         if (a.M - m0 >= 2)
           f32_half<Bits, 2>(a, t, h, m0);

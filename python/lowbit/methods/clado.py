@@ -21,6 +21,7 @@ perturbed layer are cached once, so an evaluation recomputes only from that laye
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -165,6 +166,7 @@ class Engine:
         self._cache: list = []
         self._record: list | None = None
         self._keep = 0
+        self._stop = math.inf  # prefix(): stop the run at this call
         self._first: dict[int, int] = {}
         self._sizes: list[int] = []
         # The quantized weight of each (layer, bits), set by measure() for the final check.
@@ -191,6 +193,8 @@ class Engine:
         def forward(*args: Any, **kwargs: Any) -> Any:
             i = eng._counter
             eng._counter += 1
+            if i >= eng._stop:
+                raise _PrefixDone
             if i < eng._replay:
                 return _clone(eng._cache[i])
             out = orig(*args, **kwargs)
@@ -251,25 +255,80 @@ class Engine:
         return float((out.double() - self.ref[bi]).pow(2).reshape(n, -1).mean(1).sum())
 
     @torch.no_grad()
-    def loss(self, weights: dict[str, torch.Tensor], use_cache: bool = True) -> float:
+    def loss(self, weights: dict[str, torch.Tensor], use_cache: bool = True, prefix: Prefix | None = None) -> float:
+        """Mean loss with ``weights`` swapped in. ``prefix`` (from :meth:`prefix`, made with the
+        same weights for the layers before it ends) replays more than the float cache can."""
         t0 = time.perf_counter()
         first = min((self.pos[n] for n in weights), default=0)
-        for n, w in weights.items():
-            self.mods[n].weight.data = w
+        if prefix is not None:
+            self._check_prefix(weights, prefix)
+        caches, limit = (self.caches, first) if prefix is None else (prefix.caches, prefix.end)
         total = 0.0
-        try:
+        with self._swapped(weights):
             for bi, b in enumerate(self.batches):
                 self._counter = 0
-                self._cache = self.caches[bi]
-                self._replay = min(first, len(self._cache)) if use_cache else 0
+                self._cache = caches[bi]
+                self._replay = min(limit, len(self._cache)) if use_cache else 0
                 total += self._batch_loss(_logits(calib.run_model(self.model, b)), bi)
+        self.count += 1
+        self.seconds += time.perf_counter() - t0
+        return total / self.n
+
+    @torch.no_grad()
+    def prefix(self, weights: dict[str, torch.Tensor], end: int, base: Prefix | None = None) -> Prefix:
+        """The outputs of the first ``end`` module calls with ``weights`` swapped in, for
+        :meth:`loss` of any allocation that agrees with ``weights`` on the layers called before
+        ``end`` (a depth-first search over allocations re-runs each layer once per prefix)."""
+        first = min((self.pos[n] for n in weights), default=end)
+        if base is not None:
+            self._check_prefix(weights, base)
+        caches, limit = (self.caches, first) if base is None else (base.caches, base.end)
+        out = []
+        with self._swapped(weights):
+            for bi, b in enumerate(self.batches):
+                self._counter = 0
+                self._cache = caches[bi]
+                self._replay = min(limit, len(self._cache), end)
+                self._record, self._keep, self._stop = [], end, end
+                try:
+                    calib.run_model(self.model, b)
+                except _PrefixDone:
+                    pass
+                finally:
+                    recorded, self._record, self._stop = self._record, None, math.inf
+                out.append(self._cache[: self._replay] + recorded)
+        return Prefix(out, end, {n: w for n, w in weights.items() if self.pos[n] < end})
+
+    def _check_prefix(self, weights: dict[str, torch.Tensor], prefix: Prefix) -> None:
+        before = {n: w for n, w in weights.items() if self.pos[n] < prefix.end}
+        if before.keys() != prefix.weights.keys() or any(before[n] is not prefix.weights[n] for n in before):
+            raise ValueError("the prefix was made with other weights for the layers it covers")
+
+    @contextlib.contextmanager
+    def _swapped(self, weights: dict[str, torch.Tensor]):
+        for n, w in weights.items():
+            self.mods[n].weight.data = w
+        try:
+            yield
         finally:
             self._replay = 0
             for n in weights:
                 self.mods[n].weight.data = self.fp_weight[n]
-        self.count += 1
-        self.seconds += time.perf_counter() - t0
-        return total / self.n
+
+
+class _PrefixDone(BaseException):
+    """Raised at the first module call past a prefix: the rest of the run is not needed. A
+    control-flow signal, not an error: ``except Exception`` in models and run_model lets it by."""
+
+
+@dataclasses.dataclass
+class Prefix:
+    """Cached outputs of the first ``end`` module calls, per calibration batch, and the swapped
+    weights of the layers among them."""
+
+    caches: list
+    end: int
+    weights: dict
 
 
 # --- the search --------------------------------------------------------------------------

@@ -459,7 +459,8 @@ def _grouped_loss(dW: torch.Tensor, H: np.ndarray) -> np.ndarray:
 # The point rows are stacked under the N base rows into one packed matrix of N + P rows (every
 # row with its own scale and zero, the per-tensor base scale repeated per row), so the ordinary
 # packed kernels (lowbit.pack) compute y_ext = x W_ext^T with each row already scaled; the
-# segmented sum multipoint_fold (C++) adds each point's column into its channel.
+# segmented sum multipoint_fold (C++) adds each point's column into its channel, fused with the
+# product in one native call (_native.multipoint_qmatmul).
 
 
 def _packed_classes():
@@ -483,9 +484,13 @@ def _packed_classes():
             return _native.packed_from_arrays(self.codes, self.scales, self.zeros, self.bits, self.rows_ext,
                                               self.K, self.group_size)
 
-        def _matmul(self, x2: torch.Tensor, part: tuple | None = None) -> torch.Tensor:
-            y_ext = super()._matmul(x2, part)
-            return torch.from_numpy(_native.multipoint_fold(y_ext.numpy(), self.point_channel.numpy()))
+        def _matmul(self, x2: torch.Tensor, part: tuple | None = None,
+                    channel: np.ndarray | None = None) -> torch.Tensor:
+            # one native call: the product of the N + P rows and the fold (multipoint.h);
+            # the fold channels are this layer's points unless given.
+            if channel is None:
+                channel = self.point_channel.numpy()
+            return super()._matmul(x2, part, channel=channel)
 
         def weight_2d(self) -> torch.Tensor:
             w = super().weight_2d()
