@@ -61,10 +61,12 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m ruff format --check python tests benchmarks
 
 test: setup
 	$(PY) -m ruff check python tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup

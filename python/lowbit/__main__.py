@@ -103,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     fp = task.evaluate(task.model)
     methods = lowbit.list_methods()
     print(f"fmnist-resnet: FP {task.metric_name} {fp['metric']:.2f} %   methods: {', '.join(methods)}")
-    rows = []
+    rows: list[tuple[str, int, int | None, float | None, float | None, float | None, str]] = []
     for method in methods:
         for w, a in DEMO_SETTINGS:
             t0 = time.perf_counter()

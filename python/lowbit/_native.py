@@ -339,7 +339,7 @@ def multipoint_build(
     budget = int(budget)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
-    out = {
+    out: dict[str, np.ndarray] = {
         "channel": np.empty(budget, np.int32),
         "scale": np.empty(budget, np.float32),
         "zero": np.empty(budget, np.float32),
@@ -464,7 +464,7 @@ def multipoint_qmatmul(p: Packed, x: ArrayLike, channel: ArrayLike, bias: ArrayL
         _C.multipoint_qmatmul_f32(*p.args(), xa, b, ch, out)
     else:
         dynamic = act is None
-        s, z, nb = (1.0, 0.0, 8) if dynamic else (float(act[0]), float(act[1]), int(act[2]))
+        s, z, nb = (1.0, 0.0, 8) if act is None else (float(act[0]), float(act[1]), int(act[2]))
         _C.multipoint_qmatmul_a8(*p.args(), xa, dynamic, s, z, nb, row_sums, b, ch, out)
     return out
 
@@ -487,7 +487,7 @@ def qmatmul_a8(p: Packed, x: ArrayLike, act: tuple[float, float, int] | None = N
     xa = _rows_of(x, p.cols)
     y = np.empty((xa.shape[0], p.rows), dtype=np.float32)
     dynamic = act is None
-    s, z, b = (1.0, 0.0, 8) if dynamic else (float(act[0]), float(act[1]), int(act[2]))
+    s, z, b = (1.0, 0.0, 8) if act is None else (float(act[0]), float(act[1]), int(act[2]))
     _C.qmatmul_a8(*p.args(), xa, dynamic, s, z, b, row_sums, None if bias is None else as_f32(bias), y)
     return y
 

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Union, cast
 
 import torch
 import torch.nn as nn
@@ -84,15 +84,21 @@ class QuantContext:
         self.stage = ""
 
     def spec(self, name: str) -> graph.LayerSpec:
+        """The LayerSpec (planned bits, granularity, ...) of layer ``name``."""
         return next(s for s in self.layers if s.name == name)
 
-    def fp_layer(self, name: str) -> nn.Module:
-        return self.fp_model.get_submodule(name)
+    def fp_layer(self, name: str) -> nn.Linear | nn.Conv2d:
+        """The float (BN-folded) layer ``name`` of the reconstruction target."""
+        # Planned layers are graph.QUANTIZABLE: nn.Linear or nn.Conv2d.
+        return cast("nn.Linear | nn.Conv2d", self.fp_model.get_submodule(name))
 
     def qlayer(self, name: str) -> QuantLayer:
-        return self.qmodel.get_submodule(name)
+        """The QuantLayer standing in for layer ``name`` in the model being quantized."""
+        # Every planned layer was swapped for a QuantLayer before any method runs.
+        return cast(QuantLayer, self.qmodel.get_submodule(name))
 
     def progress(self, iterable: Iterable, **kw: Any) -> Iterable:
+        """``iterable`` behind a tqdm progress bar (silent unless settings.progress)."""
         return tqdm(iterable, disable=not self.settings.progress, **kw)
 
     def requantize(self, name: str, w_bits: int | None = None) -> None:
@@ -160,7 +166,7 @@ def _check_args(model, w_bits, a_bits, granularity, group_size, keep_first_last,
 
 def _calibrate_activations(ctx: QuantContext) -> None:
     """Per-tensor input quantizers for the layers with a_bits, from the FP model's activations."""
-    wanted = {s.name: s for s in ctx.layers if s.a_bits is not None}
+    wanted = {s.name: s.a_bits for s in ctx.layers if s.a_bits is not None}
     if not wanted:
         return
     pools = {name: calib.Reservoir(seed=ctx.settings.seed + i) for i, name in enumerate(wanted)}
@@ -175,9 +181,9 @@ def _calibrate_activations(ctx: QuantContext) -> None:
     with torch.no_grad(), calib.capture(modules, on_input=on_input):
         for b in ctx.progress(list(calib.chunks(ctx.batches, ACT_CALIB_SAMPLES)), desc="activation ranges", leave=False):
             calib.run_model(ctx.fp_model, b)
-    for name, spec in wanted.items():
+    for name, a_bits in wanted.items():
         pool = pools[name]
-        ctx.qlayer(name).act_quant = act_quantizer_from_samples(pool.values(), spec.a_bits, pool.min)
+        ctx.qlayer(name).act_quant = act_quantizer_from_samples(pool.values(), a_bits, pool.min)
 
 
 def measure(ctx: QuantContext, names: list[str] | None = None, max_samples: int = MEASURE_SAMPLES) -> dict[str, float]:
@@ -279,7 +285,7 @@ def quantize(
                                group_size=group_size, symmetric=symmetric, ignore=ignore, overrides=overrides,
                                filter_fn=filter_fn, keep_first_last=keep_first_last)
     for s in layers:
-        w = work.get_submodule(s.name).weight
+        w = cast(torch.Tensor, work.get_submodule(s.name).weight)  # planned layers are Linear / Conv2d
         if not torch.isfinite(w).all():
             raise ValueError(f"layer '{s.name}': its weight contains NaN or Inf")
     fp_model = copy.deepcopy(work)
@@ -287,7 +293,8 @@ def quantize(
     rows = []
     for s in layers:
         mod = work.get_submodule(s.name)
-        rows.append(LayerReport(s.name, type(mod).__name__, tuple(mod.weight.shape), s.w_bits, s.a_bits,
+        w_shape = cast(torch.Tensor, mod.weight).shape  # planned layers are Linear / Conv2d
+        rows.append(LayerReport(s.name, type(mod).__name__, tuple(w_shape), s.w_bits, s.a_bits,
                                 s.granularity, notes=list(s.notes)))
     stage_names = [spec.name for spec, _ in stages]
     report = QuantReport(rows, meta={
@@ -320,9 +327,11 @@ def quantize(
         row = report[s.name]
         q = ctx.qlayer(s.name)
         row.w_bits, row.a_bits = q.w_bits, q.a_bits
-        row.weight_mse = float((q.weight.detach() - fp_model.get_submodule(s.name).weight.detach()).pow(2).mean())
+        w_fp = cast(torch.Tensor, fp_model.get_submodule(s.name).weight).detach()  # a Linear / Conv2d
+        row.weight_mse = float((q.weight.detach() - w_fp).pow(2).mean())
         row.recon_error = recon[s.name]
     report.meta["seconds"] = round(time.perf_counter() - t_start, 3)
-    work.lowbit_report = report
-    work.lowbit_fp = FloatReference(fp_model)
+    # setattr: nn.Module's __setattr__ is typed for Tensors and Modules only; same call at run time.
+    setattr(work, "lowbit_report", report)  # noqa: B010
+    setattr(work, "lowbit_fp", FloatReference(fp_model))  # noqa: B010
     return work

@@ -16,7 +16,7 @@ import copy
 import os
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,9 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> list[flo
     return out
 
 
+_Pair = tuple[int, int]  # a 2-d conv's kernel_size / stride / padding / dilation
+
+
 def float_twin(model: nn.Module) -> nn.Module:
     """A copy of a fake-quant or packed model with every quantized layer turned back into a
     plain fp32 nn.Linear / nn.Conv2d holding the weight it stands for: the float model torch
@@ -50,16 +53,19 @@ def float_twin(model: nn.Module) -> nn.Module:
         if not isinstance(mod, (QuantLayer, PackedLayer)):
             continue
         has_bias = mod.bias is not None
+        new: nn.Linear | nn.Conv2d
         if isinstance(mod, (QuantLinear, PackedLinear)):
             new = nn.Linear(mod.in_features, mod.out_features, bias=has_bias)
         elif isinstance(mod, (QuantConv2d, PackedConv2d)):
-            new = nn.Conv2d(mod.in_channels, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
-                            mod.dilation, mod.groups, bias=has_bias)
+            # The layers store their geometry as tuple[int, ...]; for a 2-d conv each is a pair.
+            new = nn.Conv2d(mod.in_channels, mod.out_channels, cast(_Pair, mod.kernel_size), cast(_Pair, mod.stride),
+                            mod.padding if isinstance(mod.padding, str) else cast(_Pair, mod.padding),
+                            cast(_Pair, mod.dilation), mod.groups, bias=has_bias)
         else:  # pragma: no cover - only the four layer types exist
             raise TypeError(f"layer '{name}': {type(mod).__name__}")
         with torch.no_grad():
             new.weight.copy_(mod.weight.detach().reshape(new.weight.shape))
-            if has_bias:
+            if new.bias is not None and mod.bias is not None:  # both or neither (bias=has_bias)
                 new.bias.copy_(mod.bias)
         parent, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, child, new)
@@ -144,7 +150,7 @@ def benchmark(model: nn.Module, example_inputs: Any, *, baseline: nn.Module | No
     finally:
         torch.set_num_threads(old_torch)
         _native.set_num_threads(old_lowbit)
-    res = {
+    res: dict[str, Any] = {
         "packed_ms": statistics.median(tp) * 1e3, "fp_ms": statistics.median(tf) * 1e3,
         "packed_bytes": weight_bytes(model), "fp_bytes": weight_bytes(fp), "max_abs_diff": diff,
         "threads": threads if threads is not None else _native.get_num_threads() or torch.get_num_threads(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -22,15 +22,20 @@ from lowbit import _native
 
 @dataclasses.dataclass
 class Batch:
+    """One calibration batch as the model call it stands for: ``model(*args, **kwargs)``,
+    ``size`` samples along dim 0, and the loader's labels when it gave (input, label) pairs."""
+
     args: tuple
     kwargs: dict
     size: int
     labels: torch.Tensor | None = None  # a loader's (input, label) pair keeps its labels (CLADO's CE)
 
     def tensors(self) -> list[torch.Tensor]:
+        """The tensor arguments, positional then keyword."""
         return [t for t in (*self.args, *self.kwargs.values()) if isinstance(t, torch.Tensor)]
 
     def describe(self) -> str:
+        """A short description of the arguments (types and shapes) for error messages."""
         parts = [f"{type(a).__name__}{tuple(a.shape) if isinstance(a, torch.Tensor) else ''}" for a in self.args]
         parts += [f"{k}={tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}" for k, v in self.kwargs.items()]
         return ", ".join(parts)
@@ -46,6 +51,8 @@ def to_batch(raw: Any, input_fn: Callable[[Any], Any] | None = None) -> Batch:
     """Normalise one loader item into the model call it stands for."""
     item = input_fn(raw) if input_fn is not None else raw
     labels = None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
     if isinstance(item, torch.Tensor):
         args, kwargs = (item,), {}
     elif isinstance(item, dict):
@@ -130,8 +137,8 @@ def chunks(batches: list[Batch], max_samples: int | None) -> Iterator[Batch]:
 
 
 @contextmanager
-def capture(modules: dict[str, nn.Module], on_input: Callable | None = None,
-            on_output: Callable | None = None):
+def capture(modules: Mapping[str, nn.Module], on_input: Callable | None = None,
+            on_output: Callable | None = None) -> Iterator[None]:
     """Hooks calling on_input(name, x) / on_output(name, y) for each module's first input / output."""
     hooks = []
     for name, mod in modules.items():
@@ -152,9 +159,11 @@ def accumulate_gram(module: nn.Module, x: torch.Tensor, H: np.ndarray, x2: torch
     Linear: H (K, K). Conv2d: H (groups, K, K) with K = in/groups * kh * kw.
     """
     if isinstance(module, nn.Conv2d) or hasattr(module, "kernel_size"):
+        # An nn.Conv2d or a QuantConv2d: duck-typed, both carry the conv geometry attributes.
+        conv: Any = module
         _native.conv_gram_accumulate(
-            x, H, kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-            dilation=module.dilation, groups=module.groups, x2=x2)
+            x, H, kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, x2=x2)
     elif x2 is None:
         _native.gram_accumulate(x.reshape(-1, x.shape[-1]), H)
     else:
@@ -173,6 +182,7 @@ class Reservoir:
         self.max = -math.inf
 
     def add(self, x: torch.Tensor) -> None:
+        """Sample x's values into the pool (ValueError on NaN / Inf); track its min and max."""
         flat = x.detach().reshape(-1).float()
         if not torch.isfinite(flat).all():
             raise ValueError("non-finite activation")
@@ -187,4 +197,5 @@ class Reservoir:
         self.count += flat.numel()
 
     def values(self) -> torch.Tensor:
+        """The pooled values (at most ``capacity``), 1-d float32."""
         return torch.cat(self.parts)[: self.capacity]

@@ -25,6 +25,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> QuantConfig:
+        """The config from keyword options; ValueError naming any unknown option."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -35,6 +36,7 @@ class QuantConfig:
         return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every option, with the method name and config version (for the report)."""
         return {"method": self.method, "version": self.version, **dataclasses.asdict(self)}
 
 

@@ -35,7 +35,7 @@ import math
 import sys
 import time
 import types
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sized, cast
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,11 @@ from lowbit.quantizers import (
 )
 from lowbit.threshold import LTQActQuantizer
 
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
+    from lowbit.methods.adaround import LsqActQuant
+
 WEIGHT_QUANTIZERS = ("auto", "n2uq", "lsq")
 LOSSES = ("kd", "mse")
 CELL_MARGIN = 0.49  # latent weights start within +-0.49 steps of their code: step 0 re-rounds to it
@@ -67,6 +72,10 @@ class WeightFakeQuant(nn.Module):
     per-channel sf_c); ``"lsq"``: ratio has the grid's (R, G) shape (LSQ steps). z stays fixed.
     """
 
+    # Buffers registered in __init__.
+    scale0: torch.Tensor
+    zero: torch.Tensor
+
     def __init__(self, layer: QuantLayer, latent: torch.Tensor, kind: str):
         super().__init__()
         if kind not in ("n2uq", "lsq"):
@@ -80,12 +89,15 @@ class WeightFakeQuant(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     def scale(self) -> torch.Tensor:
+        """The current step (R, G): scale0 * ratio (ratio floored at 1e-3)."""
         return (self.scale0 * self.ratio.clamp_min(1e-3)).expand_as(self.scale0)
 
     def forward(self) -> torch.Tensor:
+        """The fake-quantized weight (out, K), straight-through in the latent weight and the step."""
         rows, cols = self.weight.shape
         s = expand_units(self.scale(), rows, cols)
         z = expand_units(self.zero, rows, cols)
@@ -140,14 +152,14 @@ def _output(out: Any, what: str) -> torch.Tensor:
 class _Swap:
     """What finetune changed in a layer, to write back (or undo) at the end."""
 
-    def __init__(self, name: str, layer: QuantLayer):
+    def __init__(self, name: str, layer: QuantLayer, wfq: WeightFakeQuant):
         self.name = name
         self.layer = layer
-        self.wfq: WeightFakeQuant | None = None
+        self.wfq = wfq
         self.bias: nn.Parameter | None = None
         self.act_base: UniformActQuantizer | None = None
-        self.act_lsq: nn.Module | None = None
-        self.hook = None
+        self.act_lsq: LsqActQuant | None = None
+        self.hook: RemovableHandle | None = None
         self.act_kind = "none"
 
 
@@ -225,13 +237,14 @@ def finetune(
         raise TypeError(f"train_loader must be an iterable of batches (e.g. a DataLoader), got {type(train_loader).__name__}")
     if steps_per_epoch is None:
         try:
-            steps = len(train_loader)
+            # Not every Iterable is Sized: a loader without len() raises the TypeError caught here.
+            steps = len(cast(Sized, train_loader))
         except TypeError:
             raise ValueError("train_loader has no len(): pass steps_per_epoch") from None
     else:
         steps = steps_per_epoch
         try:
-            steps = min(steps, len(train_loader))
+            steps = min(steps, len(cast(Sized, train_loader)))  # TypeError: no len(), see above
         except TypeError:
             pass
     if steps < 1:
@@ -261,13 +274,14 @@ def finetune(
     from lowbit.methods.adaround import LsqActQuant
 
     swaps: list[_Swap] = []
-    weight_params, quant_params, float_params = [], [], []
+    weight_params: list[nn.Parameter] = []
+    quant_params: list[dict[str, Any]] = []
+    float_params: list[nn.Parameter] = []
     quant_ids: set[int] = set()
     frozen_ids: set[int] = set()
     frozen_modules: list[nn.Module] = []
     gen = torch.Generator().manual_seed(seed)
     for name, q in layers.items():
-        sw = _Swap(name, q)
         kind = weight_quantizer
         if kind == "auto":
             grid = report[name].extra.get("weight_grid") if report is not None and _has_row(report, name) else None
@@ -279,7 +293,7 @@ def finetune(
                 w_float = fw if fw.numel() == q.codes.numel() else None
             except AttributeError:
                 w_float = None
-        sw.wfq = WeightFakeQuant(q, latent_start(q, w_float), kind)
+        sw = _Swap(name, q, WeightFakeQuant(q, latent_start(q, w_float), kind))
         weight_params.append(sw.wfq.weight)
         quant_params.append({"params": [sw.wfq.ratio], "lr": qlr})
         if q.bias is not None:
@@ -312,7 +326,7 @@ def finetune(
     for p in model.parameters():
         if id(p) not in quant_ids and id(p) not in frozen_ids and not any(p is w for w in weight_params):
             float_params.append(p)
-    groups = [{"params": weight_params + float_params, "lr": lr}, *quant_params]
+    groups: list[dict[str, Any]] = [{"params": weight_params + float_params, "lr": lr}, *quant_params]
     frozen = [p for p in model.parameters() if id(p) in frozen_ids]
     frozen_state = [(p, p.requires_grad) for p in frozen]
     for p in frozen:
@@ -324,8 +338,8 @@ def finetune(
     total = epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / total))
 
-    def pre_hook(sw: _Swap):
-        def hook(m, args):
+    def pre_hook(sw: _Swap) -> Callable[[nn.Module, Any], None]:
+        def hook(m: nn.Module, args: Any) -> None:
             m.weight_override = sw.wfq().view(m.weight_shape)
         return hook
 
@@ -384,7 +398,8 @@ def finetune(
                 epoch_loss.append(run_loss / seen)
     finally:
         for sw in swaps:
-            sw.hook.remove()
+            if sw.hook is not None:
+                sw.hook.remove()
             sw.layer.weight_override = None
         teacher.train(teacher_was_training)
         for p, r in frozen_state:
@@ -398,7 +413,7 @@ def finetune(
             q.set_codes(codes, scale, zero, q.w_bits)
             if sw.bias is not None:
                 q._buffers["bias"] = sw.bias.detach().clone()
-            if sw.act_lsq is not None:
+            if sw.act_lsq is not None and sw.act_base is not None:  # both set by the same swap
                 sw.act_base.scale.copy_(sw.act_lsq.scale.detach().clamp_min(1e-12).reshape(sw.act_base.scale.shape))
                 q.act_quant = sw.act_base
     model.eval()

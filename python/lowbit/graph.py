@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import re
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import torch
 import torch.nn as nn
@@ -40,11 +40,13 @@ class LayerSpec:
 
 
 def get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of the submodule ``name`` ("a.b.c" -> (a.b, "c"))."""
     parent_name, _, child = name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule ``name`` of model with ``module``."""
     parent, child = get_parent(model, name)
     setattr(parent, child, module)
 
@@ -59,6 +61,9 @@ class Trace:
 
 
 def trace(model: nn.Module, call: Callable[[], Any], model_inputs: Iterable[torch.Tensor]) -> Trace:
+    """Run ``call()`` (a forward pass of model) under hooks on its Linear / Conv2d / BatchNorm
+    modules: their call order, which of them read one of ``model_inputs`` directly, and which
+    BatchNorms read exactly a Conv2d's output (the pairs fold_bn folds)."""
     input_ids = {id(t) for t in model_inputs}
     order: list[str] = []
     seen: set[str] = set()
@@ -105,9 +110,10 @@ def fold_bn(model: nn.Module, tr: Trace) -> list[str]:
     """
     folded = []
     for conv_name, bn_name in tr.bn_after_conv:
-        conv = model.get_submodule(conv_name)
+        conv = cast(nn.Conv2d, model.get_submodule(conv_name))  # trace() pairs BNs with Conv2d outputs only
         bn = model.get_submodule(bn_name)
-        if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_var is None:
+        if (not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_var is None
+                or bn.running_mean is None):
             continue
         with torch.no_grad():
             std = torch.sqrt(bn.running_var + bn.eps)
@@ -181,7 +187,7 @@ def plan_layers(
             continue
         candidates.append((name, mod))
 
-    used_ignore = set()
+    used_ignore: set[str] = set()
     specs: list[LayerSpec] = []
     for name, mod in candidates:
         hit = [k for k in ignore if _matches(k, name, mod)]
@@ -220,7 +226,7 @@ def plan_layers(
             s.a_bits = None
             s.notes.append("reads the network input: not quantized")
         if s.granularity == "group":
-            k = mod.weight[0].numel()
+            k = cast(torch.Tensor, mod.weight)[0].numel()  # planned layers are Linear / Conv2d
             if s.group_size is None or k % s.group_size:
                 warnings.warn(f"layer '{s.name}': group_size={s.group_size} does not divide its input size {k}; "
                               "it is quantized per channel instead", stacklevel=3)

@@ -33,9 +33,10 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn as nn
 
@@ -100,7 +101,7 @@ def _act_meta(aq: nn.Module | None, name: str) -> dict | None:
     return {"type": "UniformActQuantizer", "bits": aq.bits, "signed": aq.signed, "drop_prob": aq.drop_prob}
 
 
-def _layer_meta(name: str, mod: nn.Module, methods: dict[str, str]) -> dict[str, Any]:
+def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str]) -> dict[str, Any]:
     if type(mod).__name__ not in _LAYER_TYPES:  # e.g. multipoint layers: extra rows it would drop
         raise ValueError(f"layer '{name}': lowbit.save cannot store a {type(mod).__name__} yet "
                          f"(it stores {', '.join(_LAYER_TYPES)})")
@@ -117,10 +118,11 @@ def _layer_meta(name: str, mod: nn.Module, methods: dict[str, str]) -> dict[str,
     if isinstance(mod, (QuantLinear, PackedLinear)):
         d["args"] = {"in_features": mod.in_features, "out_features": mod.out_features}
     else:
-        d["args"] = {"in_channels": mod.in_channels, "out_channels": mod.out_channels,
-                     "kernel_size": list(mod.kernel_size), "stride": list(mod.stride),
-                     "padding": mod.padding if isinstance(mod.padding, str) else list(mod.padding),
-                     "dilation": list(mod.dilation), "groups": mod.groups}
+        conv = cast("QuantConv2d | PackedConv2d", mod)  # _LAYER_TYPES (checked above) has no other kind
+        d["args"] = {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
+                     "kernel_size": list(conv.kernel_size), "stride": list(conv.stride),
+                     "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+                     "dilation": list(conv.dilation), "groups": conv.groups}
     return d
 
 
@@ -225,7 +227,7 @@ def _need(cond: bool, what: str) -> None:
         raise LowbitFileError(what)
 
 
-def _tensor(tensors: dict[str, np.ndarray], key: str, dtype: np.dtype, shape: tuple | None = None) -> torch.Tensor:
+def _tensor(tensors: dict[str, np.ndarray], key: str, dtype: npt.DTypeLike, shape: tuple | None = None) -> torch.Tensor:
     _need(key in tensors, f"missing tensor '{key}'")
     a = tensors.pop(key)
     _need(a.dtype == dtype, f"tensor '{key}' must be {np.dtype(dtype).name}, got {a.dtype}")
@@ -287,7 +289,8 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             cs = d.get("codes_shape")
             _need(cs == [N, K], f"layer '{name}': bad codes shape {cs!r}, expected {[N, K]}")
             stream = tensors.pop(f"{name}.codes", None)
-            _need(stream is not None and stream.dtype == np.uint8, f"layer '{name}': missing codes")
+            if stream is None or stream.dtype != np.uint8:
+                raise LowbitFileError(f"layer '{name}': missing codes")
             codes = torch.from_numpy(bitstream_to_codes(stream, w_bits, N * K).reshape(cs))
             scale = _tensor(tensors, f"{name}.scale", np.float32, (R, G))
             zero = _tensor(tensors, f"{name}.zero", np.float32, (R, G))
@@ -361,7 +364,8 @@ def load(path: str | Path, model: nn.Module | None = None, *, inplace: bool = Fa
         raise LowbitFileError(f"{path}: packed format version {meta.get('pack_format_version')!r}; this lowbit "
                               f"reads version {_native.PACK_FORMAT_VERSION}")
     layers, identity = meta.get("layers"), meta.get("identity", [])
-    _need(isinstance(layers, dict) and isinstance(identity, list), f"{path}: bad layer table")
+    if not (isinstance(layers, dict) and isinstance(identity, list)):
+        raise LowbitFileError(f"{path}: bad layer table")
     work = model if inplace else copy.deepcopy(model)
     modules = dict(work.named_modules())
 
@@ -410,7 +414,8 @@ def load(path: str | Path, model: nn.Module | None = None, *, inplace: bool = Fa
         from lowbit.reporting import QuantReport
 
         try:
-            work.lowbit_report = QuantReport.from_json(json.dumps(meta["report"]))
+            report = QuantReport.from_json(json.dumps(meta["report"]))
+            setattr(work, "lowbit_report", report)  # noqa: B010  (nn.Module.__setattr__ is typed for Tensors)
         except (TypeError, KeyError, ValueError) as e:
             raise LowbitFileError(f"{path}: unreadable report ({e})") from None
     return work

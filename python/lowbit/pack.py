@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -48,6 +48,9 @@ import torch.nn.functional as F
 
 from lowbit import _native
 from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear, UniformActQuantizer
+
+if TYPE_CHECKING:
+    from lowbit.threshold import _ThresholdActQuantizer
 
 __all__ = ["PackedLinear", "PackedConv2d", "PackedLayer", "pack", "container_bits"]
 
@@ -63,13 +66,13 @@ def container_bits(w_bits: int) -> int:
     raise ValueError(f"no packed format for {w_bits}-bit weights (2..8 are supported)")
 
 
-def _is_threshold(aq: nn.Module | None) -> bool:
+def _is_threshold(aq: nn.Module | None) -> TypeGuard[_ThresholdActQuantizer]:
     from lowbit.threshold import _ThresholdActQuantizer
 
     return isinstance(aq, _ThresholdActQuantizer)
 
 
-def _threshold_act(aq: nn.Module) -> tuple[float, float, int]:
+def _threshold_act(aq: _ThresholdActQuantizer) -> tuple[float, float, int]:
     """(output step, zero point, bits) of a threshold quantizer, checked for the int8 kernel."""
     s, z = float(aq.output_scale()), float(aq.zero.reshape(-1)[0])
     if not (np.isfinite(s) and s > 0 and z == round(z) and 0 <= z <= aq.qmax):
@@ -78,7 +81,7 @@ def _threshold_act(aq: nn.Module) -> tuple[float, float, int]:
     return s, z, int(aq.bits)
 
 
-def threshold_requantize(aq: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def threshold_requantize(aq: _ThresholdActQuantizer, x: torch.Tensor) -> torch.Tensor:
     """The inference form of a threshold quantizer on x (its channel layout): the codes of the
     multi-threshold compare, returned as s * (code - z) so that the static int8 kernel's own
     rounding gives back exactly the same codes."""
@@ -100,6 +103,12 @@ class PackedLayer(nn.Module):
     """State shared by PackedLinear and PackedConv2d: the packed matrix (out, K) and the
     activation handling. Buffers: ``codes`` uint8 (code_bytes,), ``scales`` float32 and
     ``zeros`` uint8 (tiles, groups, 16) (pack.h), ``bias`` float32 (out,) or None."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bias: torch.Tensor | None
+    act_quant: nn.Module | None
 
     def __init__(self, *, out_features: int, K: int, w_bits: int, group_size: int, codes: torch.Tensor,
                  scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
@@ -179,12 +188,14 @@ class PackedLayer(nn.Module):
         else:
             p, b, rows = part
         path = self.path
+        kw: dict[str, Any] | None  # the int8 path's act / row_sums; None: weight-only
         if path == "int8_static":
-            aq = self.act_quant
+            aq = cast(UniformActQuantizer, self.act_quant)  # the path _fusable() accepted
             act = (float(aq.scale.reshape(-1)[0]), float(aq.zero.reshape(-1)[0]), int(aq.bits))
             kw = dict(act=act, row_sums=np.ascontiguousarray(self._all_row_sums()[rows]))
         elif path == "threshold_int8":  # x2 already went through threshold_requantize
-            kw = dict(act=_threshold_act(self.act_quant), row_sums=np.ascontiguousarray(self._all_row_sums()[rows]))
+            kw = dict(act=_threshold_act(cast("_ThresholdActQuantizer", self.act_quant)),
+                      row_sums=np.ascontiguousarray(self._all_row_sums()[rows]))
         elif path == "int8_dynamic":
             kw = dict(act=None)
         else:
@@ -223,7 +234,7 @@ class PackedLinear(PackedLayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected {self.in_features} input features, got input of shape {tuple(x.shape)}")
         if self.path == "threshold_int8":
-            x = threshold_requantize(self.act_quant, x)
+            x = threshold_requantize(cast("_ThresholdActQuantizer", self.act_quant), x)  # the path says so
         y = self._matmul(x.reshape(-1, self.in_features).contiguous())
         return y.reshape(*x.shape[:-1], self.out_features).to(dtype)
 
@@ -286,7 +297,7 @@ class PackedConv2d(PackedLayer):
         if not self.uses_kernel:
             return self._forward_decoded(x).to(dtype)
         if self.path == "threshold_int8":  # per input channel: before im2col
-            x = threshold_requantize(self.act_quant, x)
+            x = threshold_requantize(cast("_ThresholdActQuantizer", self.act_quant), x)  # the path says so
         left, right, top, bottom = self._pads(x.shape[2], x.shape[3])
         if (left, top) != (right, bottom):
             x = F.pad(x, (left, right, top, bottom))

@@ -12,6 +12,8 @@ Methods that learn something (AdaRound's soft rounding, AQuant's borders) set
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,6 +44,10 @@ class UniformActQuantizer(nn.Module):
     when it is a Parameter).
     """
 
+    # Buffers (or Parameters, once a method makes them learnable), registered in __init__.
+    scale: torch.Tensor
+    zero: torch.Tensor
+
     def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False):
         super().__init__()
         self.bits = int(bits)
@@ -53,9 +59,11 @@ class UniformActQuantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x fake-quantized (QDrop keeps each element in float with probability 1 - drop_prob)."""
         s, z = self.scale, self.zero
         q = torch.clamp(round_ste(x / s) + z, 0, self.qmax)
         xq = (q - z) * s
@@ -70,6 +78,13 @@ class UniformActQuantizer(nn.Module):
 
 class QuantLayer(nn.Module):
     """Common state of QuantLinear and QuantConv2d (see the module docstring)."""
+
+    # Buffers registered in __init__ (declared here so that type checkers see them).
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bias: torch.Tensor | None
+    act_quant: nn.Module | None
 
     def __init__(
         self,
@@ -96,6 +111,7 @@ class QuantLayer(nn.Module):
 
     @property
     def granularity(self) -> str:
+        """"tensor", "channel" or "group", from the shape of scale."""
         R, G = self.scale.shape
         if R == 1 and G == 1:
             return "tensor"
@@ -103,6 +119,7 @@ class QuantLayer(nn.Module):
 
     @property
     def group_size(self) -> int | None:
+        """Weights per scale along K for group granularity, None otherwise."""
         G = self.scale.shape[1]
         return self.codes.shape[1] // G if G > 1 else None
 
@@ -121,10 +138,12 @@ class QuantLayer(nn.Module):
         self.w_bits = int(w_bits)
 
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's input through its activation quantizer (unchanged without one)."""
         return self.act_quant(x) if self.act_quant is not None else x
 
     @property
     def a_bits(self) -> int | None:
+        """Bits of the input quantizer, None without one."""
         return getattr(self.act_quant, "bits", None)
 
 
@@ -171,7 +190,7 @@ class QuantConv2d(QuantLayer):
 
 def float_weight_2d(module: nn.Module) -> torch.Tensor:
     """(out, K) float weight of an nn.Linear / nn.Conv2d / QuantLayer."""
-    w = module.weight.detach()
+    w = cast(torch.Tensor, module.weight).detach()  # nn.Module types attributes as Tensor | Module
     return w.reshape(w.shape[0], -1)
 
 
@@ -181,7 +200,11 @@ def weight_grid(w2d: torch.Tensor, bits: int, granularity: str, group_size: int 
     from lowbit import _native
 
     rows = 1 if granularity == "tensor" else w2d.shape[0]
-    groups = w2d.shape[1] // group_size if granularity == "group" else 1
+    groups = 1
+    if granularity == "group":
+        if group_size is None:
+            raise ValueError("group_size is required with granularity='group'")
+        groups = w2d.shape[1] // group_size
     scale, zero = _native.lp_range_search(w2d, bits, symmetric=symmetric, p=p, rows=rows, groups=groups)
     return torch.from_numpy(scale), torch.from_numpy(zero)
 
@@ -205,8 +228,9 @@ def act_quantizer_from_samples(values: torch.Tensor, bits: int, vmin: float, p: 
 def quant_layer_from_float(module: nn.Module, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                            w_bits: int, act_quant: nn.Module | None = None) -> QuantLayer:
     """The QuantLinear / QuantConv2d standing in for ``module`` with the given weight codes."""
+    bias = cast("torch.Tensor | None", module.bias)  # a Linear / Conv2d bias: a Tensor or None
     kw = dict(codes=codes, scale=scale, zero=zero, w_bits=w_bits, act_quant=act_quant,
-              bias=None if module.bias is None else module.bias.detach())
+              bias=None if bias is None else bias.detach())
     if isinstance(module, nn.Linear):
         return QuantLinear(module.in_features, module.out_features, **kw)
     if isinstance(module, nn.Conv2d):

@@ -64,6 +64,7 @@ def lp_range_search(x, bits, *, symmetric=False, p=2.4, n_grid=80, shrink=0.01, 
                 e = float(np.sum(err**p)) if n > 1 else 0.0  # min-max: nothing to compare
                 if best is None or e < best[0]:
                     best = (e, s, z)
+            assert best is not None  # n >= 1 candidates: narrows the Optional for the type checker
             scale[r, g], zero[r, g] = best[1], best[2]
     return scale, zero
 
@@ -345,6 +346,7 @@ def unpack_weights(codes, scales, zeros, bits, rows, cols, group_size=0):
     kb, bb = _BLOCK_COLS[bits], _BLOCK_BYTES[bits]
     blk = np.asarray(codes, np.uint8).reshape(T, kp // kb, bb)
     low = blk[..., :64].reshape(T, kp // kb, 16, 4)
+    parts: list[np.ndarray]
     if bits == 8:
         parts = [low]
     elif bits == 4:

@@ -16,6 +16,8 @@ from lowbit.config import QuantConfig
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
+    """A registered method: its name, config class, ``run(ctx, config)`` and one-line summary."""
+
     name: str
     config_cls: type[QuantConfig]
     run: Callable
@@ -56,6 +58,7 @@ def list_methods() -> list[str]:
 
 
 def get_method(name: str) -> MethodSpec:
+    """The registered method ``name``; ValueError listing the known ones otherwise."""
     _load_builtins()
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
@@ -63,6 +66,7 @@ def get_method(name: str) -> MethodSpec:
 
 
 def spec_for_config(config: QuantConfig) -> MethodSpec:
+    """The method whose config class is exactly ``type(config)``."""
     _load_builtins()
     for spec in _METHODS.values():
         if type(config) is spec.config_cls:

@@ -13,6 +13,9 @@ _COLUMNS = ("name", "type", "shape", "w_bits", "a_bits", "method", "weight_mse",
 
 @dataclasses.dataclass
 class LayerReport:
+    """One quantized layer in the report: its shape and bits, the method that set its weight,
+    weight MSE, output reconstruction error, time spent, notes and method-specific figures."""
+
     name: str
     type: str
     shape: tuple[int, ...]
@@ -29,6 +32,9 @@ class LayerReport:
 
 @dataclasses.dataclass
 class QuantReport:
+    """What ``lowbit.quantize`` did: one LayerReport per quantized layer (``report[name]``) and
+    run-wide figures in ``meta`` (settings, method configs, timings)."""
+
     layers: list[LayerReport]
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -39,13 +45,16 @@ class QuantReport:
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain dicts and lists (JSON-ready)."""
         return {"meta": self.meta, "layers": [dataclasses.asdict(r) for r in self.layers]}
 
     def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON (read back by from_json)."""
         return json.dumps(self.to_dict(), indent=indent, default=str, allow_nan=True)
 
     @classmethod
     def from_json(cls, text: str) -> QuantReport:
+        """The report written by to_json."""
         d = json.loads(text)
         rows = [LayerReport(**{**r, "shape": tuple(r["shape"])}) for r in d["layers"]]
         return cls(rows, d.get("meta", {}))
@@ -63,6 +72,7 @@ class QuantReport:
         return [[fmt(getattr(r, c)) for c in _COLUMNS] for r in self.layers]
 
     def to_markdown(self) -> str:
+        """The per-layer table in Markdown."""
         lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
         lines += ["| " + " | ".join(row) + " |" for row in self._cells()]
         return "\n".join(lines)

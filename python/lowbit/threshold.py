@@ -23,6 +23,7 @@ tensors across. Parameters live on the CPU (the kernels are CPU kernels).
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -38,6 +39,8 @@ from lowbit.quantizers import (
 )
 
 PARAMETERIZATIONS = ("auto", "table", "affine")
+
+_Q = TypeVar("_Q", bound="_ThresholdActQuantizer")
 
 
 def _grad_scaled(p: torch.Tensor, g: float) -> torch.Tensor:
@@ -114,15 +117,23 @@ class LTQFunction(torch.autograd.Function):
 class _ThresholdActQuantizer(nn.Module):
     """What both threshold quantizers share: the UniformActQuantizer interface."""
 
-    @classmethod
-    def from_uniform(cls, uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1, **kw):
-        """Start on the grid of a calibrated uniform quantizer: every threshold at its uniform
-        position (borders at 1/2, equal intervals), so the first forward is that quantizer's."""
-        return cls(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
-                   channels=channels, channel_axis=channel_axis, **kw)
+    # The step (a Parameter in the subclasses) and the zero point (a buffer).
+    scale: torch.Tensor
+    zero: torch.Tensor
 
     @classmethod
-    def from_samples(cls, values: torch.Tensor, bits: int, vmin: float, **kw):
+    def from_uniform(cls: type[_Q], uq: UniformActQuantizer, *, channels: int = 1, channel_axis: int = 1,
+                     **kw: Any) -> _Q:
+        """Start on the grid of a calibrated uniform quantizer: every threshold at its uniform
+        position (borders at 1/2, equal intervals), so the first forward is that quantizer's."""
+        # The subclasses' constructors take (bits, scale, zero, signed, *, channels, channel_axis,
+        # ...), not this base class's (bits, zero, signed, channels, channel_axis).
+        make: Callable[..., _Q] = cls
+        return make(uq.bits, float(uq.scale.item()), float(uq.zero.item()), uq.signed,
+                    channels=channels, channel_axis=channel_axis, **kw)
+
+    @classmethod
+    def from_samples(cls: type[_Q], values: torch.Tensor, bits: int, vmin: float, **kw: Any) -> _Q:
         """Start on the Lp-optimal (p = 2.4) uniform grid of sampled values."""
         return cls.from_uniform(act_quantizer_from_samples(values, bits, vmin), **kw)
 
@@ -144,6 +155,7 @@ class _ThresholdActQuantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     @property
@@ -207,6 +219,9 @@ class BorderActQuantizer(_ThresholdActQuantizer):
     1/2, i.e. at the data's uniform grid. Eval mode always uses hard decisions.
     """
 
+    # Set by the aquant method: digest of the weight codes the borders were learned for.
+    learned_for: str
+
     def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False, *,
                  channels: int = 1, channel_axis: int = 1, parameterization: str = "auto",
                  eps: float = 1e-3, tau: float = 0.2):
@@ -229,6 +244,7 @@ class BorderActQuantizer(_ThresholdActQuantizer):
 
     @property
     def affine(self) -> bool:
+        """True with the affine border parameterisation, False with the table."""
         return self.parameterization == "affine"
 
     def borders(self) -> torch.Tensor:
@@ -243,6 +259,7 @@ class BorderActQuantizer(_ThresholdActQuantizer):
         return s * (k + self.borders() - z)
 
     def output_scale(self) -> float:
+        """The output step s (x^ = s * (code - zero))."""
         return float(self.scale.item())
 
     def _quant(self, x2: torch.Tensor, numel: int) -> torch.Tensor:
@@ -270,6 +287,8 @@ class LTQActQuantizer(_ThresholdActQuantizer):
     The parameters ``start`` and ``a`` are stored in units of that initial step (buffer
     ``unit``); ``offset_and_intervals()`` gives them in input units.
     """
+
+    unit: torch.Tensor  # buffer: the initial step
 
     def __init__(self, bits: int, scale: float = 1.0, zero: float = 0.0, signed: bool = False, *,
                  channels: int = 1, channel_axis: int = 1, a_min: float | None = None):
@@ -305,6 +324,7 @@ class LTQActQuantizer(_ThresholdActQuantizer):
         return torch.from_numpy(t)
 
     def output_scale(self) -> float:
+        """The output step s (x^ = s * (code - zero))."""
         return float(self.scale.item())
 
     def _quant(self, x2: torch.Tensor, numel: int) -> torch.Tensor:
@@ -331,7 +351,7 @@ def threshold_act_quantizer(layer: QuantLayer, kind: str, *, per_channel: bool =
     if not isinstance(uq, UniformActQuantizer):
         raise ValueError(f"layer has no calibrated uniform input quantizer to start from (act_quant is "
                          f"{type(uq).__name__}); quantize with a_bits set first")
-    kinds = {"border": BorderActQuantizer, "ltq": LTQActQuantizer}
+    kinds: dict[str, type[_ThresholdActQuantizer]] = {"border": BorderActQuantizer, "ltq": LTQActQuantizer}
     if kind not in kinds:
         raise ValueError(f"kind must be one of {sorted(kinds)}, got {kind!r}")
     if isinstance(layer, QuantConv2d):
@@ -369,10 +389,12 @@ class N2UQWeightQuantizer(nn.Module):
 
     @property
     def qmax(self) -> int:
+        """The largest code, 2^bits - 1."""
         return (1 << self.bits) - 1
 
     @property
     def gamma(self) -> float:
+        """N2UQ's gamma_b = (2^b - 1) / 2^(b-1)."""
         return self.qmax / 2 ** (self.bits - 1)
 
     def channel_scale(self, w2d: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, cast
 
 import numpy as np
 import torch
@@ -99,7 +99,8 @@ def _loaders() -> dict[str, Callable[[], np.ndarray]]:
         def grace() -> np.ndarray:
             from PIL import Image
 
-            with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            # A .jpg comes back as a file object (arrays are for matplotlib's .npy samples).
+            with cast(IO[bytes], matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as f:
                 return np.asarray(Image.open(f).convert("RGB"))
 
         out["grace_hopper"] = grace

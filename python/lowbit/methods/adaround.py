@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 import numpy as np
 import torch
@@ -46,8 +46,11 @@ from tqdm.auto import tqdm
 
 from lowbit import _native, calib
 from lowbit.config import QuantConfig, check_range
-from lowbit.quantizers import QuantLayer, UniformActQuantizer, float_weight_2d
+from lowbit.quantizers import QuantConv2d, QuantLayer, UniformActQuantizer, float_weight_2d
 from lowbit.registry import register_method
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
 
 MODES = ("layer", "block")
 OBJECTIVES = ("auto", "gram", "rows")
@@ -154,7 +157,7 @@ def _run_until(model: nn.Module, batch: calib.Batch) -> None:
         pass
 
 
-def _module_io(ctx, fp_mod: nn.Module, q_mod: nn.Module, batch: calib.Batch,
+def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: calib.Batch,
                q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x):
     """(FP input, FP output, quantized-network input mapped by ``q_input``) of one module for
     one batch, in float32; each network runs only up to that module."""
@@ -217,7 +220,7 @@ def relu_followed(model: nn.Module, modules: dict[str, nn.Module], batch: calib.
     return mode.found
 
 
-def _samples(ctx, config: AdaRoundConfig) -> list[calib.Batch]:
+def _samples(ctx: QuantContext, config: AdaRoundConfig) -> list[calib.Batch]:
     return list(calib.chunks(ctx.batches, config.num_samples))
 
 
@@ -257,7 +260,7 @@ def _conv_geometry(q: QuantLayer) -> dict | None:
     return dict(kernel_size=q.kernel_size, stride=q.stride, padding=q.padding, dilation=q.dilation)
 
 
-def _progress(ctx, total: int, desc: str) -> tqdm:
+def _progress(ctx: QuantContext, total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, leave=False, disable=not ctx.settings.progress, unit="it")
 
 
@@ -278,6 +281,18 @@ class _LayerData:
     X: torch.Tensor | None = None  # rows: quantized-network inputs (after the input quantizer)
     Y: torch.Tensor | None = None  # rows: FP targets (after f)
 
+    def gram(self) -> tuple[np.ndarray, np.ndarray]:
+        """(H, C) of the gram objective."""
+        if self.H is None or self.C is None:
+            raise RuntimeError(f"no Gram matrices: the objective is {self.objective!r}")
+        return self.H, self.C
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(X, Y) of the rows objective."""
+        if self.X is None or self.Y is None:
+            raise RuntimeError(f"no cached rows: the objective is {self.objective!r}")
+        return self.X, self.Y
+
 
 def _pick_objective(config: AdaRoundConfig, relu: bool, grid: _Grid, rows_per_sample: int) -> str:
     if config.objective != "auto":
@@ -291,7 +306,7 @@ def _pick_objective(config: AdaRoundConfig, relu: bool, grid: _Grid, rows_per_sa
     return "gram" if gram_cost <= GRAM_PREFERENCE * rows_cost else "rows"
 
 
-def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Grid,
+def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: bool, grid: _Grid,
                    batches: list[calib.Batch]) -> _LayerData:
     """Stream the calibration set through both networks up to layer `name` (and no further)."""
     q, fp = ctx.qlayer(name), ctx.fp_layer(name)
@@ -326,13 +341,16 @@ def _collect_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, grid: _Gr
             if data.objective == "gram":
                 xq_c, x_c = xq.contiguous(), x.contiguous()
                 conv = _conv_geometry(q) is not None
-                calib.accumulate_gram(q, xq_c, data.H if conv else data.H[0])
-                calib.accumulate_gram(q, xq_c, data.C if conv else data.C[0], x2=x_c)
+                H, C = data.gram()
+                calib.accumulate_gram(q, xq_c, H if conv else H[0])
+                calib.accumulate_gram(q, xq_c, C if conv else C[0], x2=x_c)
                 yb = y if bias is None else y - _bias_shape(bias, y)
                 data.c0 += float(yb.double().pow(2).sum())
             else:
                 xs.append(xq.reshape(xq.shape[0], -1, d) if _conv_geometry(q) is None else xq)
                 ys.append(target.reshape(target.shape[0], -1, o) if _conv_geometry(q) is None else target)
+    if data is None:
+        raise ValueError(f"layer '{name}': no calibration batches")
     if data.objective == "rows":
         data.X = torch.cat(xs).contiguous()
         data.Y = torch.cat(ys).contiguous()
@@ -344,24 +362,27 @@ def _bias_shape(bias: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return bias.reshape(1, -1, *([1] * (y.dim() - 2))) if y.dim() == 4 else bias
 
 
-def _layer_loss(ctx, name: str, grid: _Grid, data: _LayerData, Wt: np.ndarray) -> float:
+def _layer_loss(ctx: QuantContext, name: str, grid: _Grid, data: _LayerData, Wt: np.ndarray) -> float:
     """The reconstruction loss (mean over rows of the sum over channels) at weight Wt (o, d),
     over all calibration rows."""
     q = ctx.qlayer(name)
     if data.objective == "gram":
-        loss, _ = _native.rounding_gram_loss_grad(grid.W, grid.scale, grid.zero, grid.bits, Wt, data.H,
-                                                  data.C, data.c0, data.n_rows, groups=grid.groups)
+        H, C = data.gram()
+        loss, _ = _native.rounding_gram_loss_grad(grid.W, grid.scale, grid.zero, grid.bits, Wt, H,
+                                                  C, data.c0, data.n_rows, groups=grid.groups)
         return loss
     w = torch.from_numpy(Wt).reshape(q.weight_shape)
     total = 0.0
     geo = _conv_geometry(q)
+    X, Y = data.rows()
     with torch.no_grad():
-        for i in range(0, data.X.shape[0], 256):
-            x, y = data.X[i:i + 256], data.Y[i:i + 256]
+        for i in range(0, X.shape[0], 256):
+            x, y = X[i:i + 256], Y[i:i + 256]
             if geo is None:
                 out = F.linear(x, w, q.bias)
             else:
-                out = F.conv2d(x, w, q.bias, geo["stride"], geo["padding"], geo["dilation"], q.groups)
+                groups = cast(QuantConv2d, q).groups  # a layer with a conv geometry is a QuantConv2d
+                out = F.conv2d(x, w, q.bias, geo["stride"], geo["padding"], geo["dilation"], groups)
             if data.relu:
                 out = torch.relu(out)
             total += float((out - y).double().pow(2).sum())
@@ -372,11 +393,11 @@ def _dequant(grid: _Grid, codes: torch.Tensor) -> np.ndarray:
     return _native.dequantize(codes, grid.scale, grid.zero, grid.bits)
 
 
-def _seed(ctx, config: AdaRoundConfig, unit: int) -> int:
+def _seed(ctx: QuantContext, config: AdaRoundConfig, unit: int) -> int:
     return (int(ctx.settings.seed) + int(config.seed_offset)) * 1_000_003 + unit
 
 
-def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: int,
+def reconstruct_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: bool, unit: int,
                       batches: list[calib.Batch]) -> None:
     """AdaRound on one layer: collect, optimise in C++, set the learned codes, note figures."""
     t0 = time.perf_counter()
@@ -397,13 +418,15 @@ def reconstruct_layer(ctx, name: str, config: AdaRoundConfig, relu: bool, unit: 
         while step < iters:
             k = min(chunk, iters - step)
             if data.objective == "gram":
+                H, C = data.gram()
                 rec, reg, soft = _native.rounding_run_gram(
-                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.H, data.C, data.c0,
+                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, H, C, data.c0,
                     data.n_rows, sched, step, k, groups=grid.groups)
             else:
                 bias = None if q.bias is None else q.bias.detach()
+                X, Y = data.rows()
                 rec, reg, soft = _native.rounding_run_rows(
-                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, data.X, data.Y, sched, step, k,
+                    grid.W, grid.scale, grid.zero, grid.bits, V, m, v, X, Y, sched, step, k,
                     bias=bias, conv=geo, relu=data.relu, batch=config.batch, seed=_seed(ctx, config, unit),
                     groups=grid.groups)
             step += k
@@ -487,7 +510,7 @@ class BlockExtension:
 
     replaces_act_steps: bool = False
 
-    def setup(self, ctx, unit: BlockUnit, config: AdaRoundConfig, seed: int) -> list[dict[str, Any]]:
+    def setup(self, ctx: QuantContext, unit: BlockUnit, config: AdaRoundConfig, seed: int) -> list[dict[str, Any]]:
         return []
 
     def begin_step(self, t: int, iters: int) -> None:
@@ -501,7 +524,7 @@ class BlockExtension:
     def before_eval(self) -> None:
         """Learning is over; called before the block's final evaluation (no dropping, hard)."""
 
-    def finish(self, ctx, unit: BlockUnit, keep: bool) -> None:
+    def finish(self, ctx: QuantContext, unit: BlockUnit, keep: bool) -> None:
         """keep: whether the block's learned state is kept (False when nearest was kept)."""
 
 
@@ -582,7 +605,7 @@ class ActStepExtension(BlockExtension):
     def __init__(self) -> None:
         self.swapped: list[tuple[QuantLayer, UniformActQuantizer, LsqActQuant]] = []
 
-    def setup(self, ctx, unit, config, seed):
+    def setup(self, ctx: QuantContext, unit, config, seed):
         gen = torch.Generator().manual_seed(seed)
         params = []
         for name in unit.layers:
@@ -600,7 +623,7 @@ class ActStepExtension(BlockExtension):
         for _, _, lsq in self.swapped:
             lsq.drop_prob = 0.0
 
-    def finish(self, ctx, unit, keep):
+    def finish(self, ctx: QuantContext, unit, keep):
         for q, base, lsq in self.swapped:
             if keep and lsq.scale.requires_grad:
                 with torch.no_grad():
@@ -609,7 +632,7 @@ class ActStepExtension(BlockExtension):
         self.swapped = []
 
 
-def _collect_block(ctx, unit: BlockUnit, batches: list[calib.Batch]):
+def _collect_block(ctx: QuantContext, unit: BlockUnit, batches: list[calib.Batch]):
     """Block inputs of both networks and the FP block outputs over the calibration set."""
     fp_mod, q_mod = ctx.fp_model.get_submodule(unit.name), ctx.qmodel.get_submodule(unit.name)
     xs, xqs, ys = [], [], []
@@ -653,7 +676,7 @@ def _block_eval(block: nn.Module, Xq: torch.Tensor, Y: torch.Tensor) -> tuple[fl
     return total / rows, ysq / rows
 
 
-def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
+def reconstruct_block(ctx: QuantContext, unit: BlockUnit, config: AdaRoundConfig, index: int,
                       batches: list[calib.Batch], extensions: Iterable[BlockExtension] = ()) -> None:
     """BRECQ / QDrop on one block: torch autograd for the block's forward and backward, the
     rounding math, regulariser and Adam on V in C++ (rounding_apply_grad), extensions' parameters
@@ -715,12 +738,15 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
             soft_n = 0.0
             for n, g in grids.items():
                 V, m, v = states[n]
-                r, s = _native.rounding_apply_grad(g.W, g.scale, g.zero, g.bits, V, m, v, wts[n].grad, t,
+                grad = wts[n].grad
+                if grad is None:  # every weight feeds the block output
+                    raise RuntimeError(f"layer '{n}': no gradient reached its weight")
+                r, s = _native.rounding_apply_grad(g.W, g.scale, g.zero, g.bits, V, m, v, grad, t,
                                                    sched, Wt_next=wts[n].detach())
                 reg += r
                 soft_n += s * g.W.size
             soft = soft_n / sum(g.W.size for g in grids.values())
-            if opt is not None:
+            if opt is not None and sched_lr is not None:  # both or neither
                 opt.step()
                 sched_lr.step()
             if t % every == 0 or t == iters:
@@ -761,7 +787,7 @@ def reconstruct_block(ctx, unit: BlockUnit, config: AdaRoundConfig, index: int,
 # --- the method -----------------------------------------------------------------------------
 
 
-def run_reconstruction(ctx, config: AdaRoundConfig, extensions: Iterable[BlockExtension] = ()) -> None:
+def run_reconstruction(ctx: QuantContext, config: AdaRoundConfig, extensions: Iterable[BlockExtension] = ()) -> None:
     """Layer or block reconstruction over the whole model, in execution order. ``extensions``
     (block mode) add learnable parameters to every block's loop."""
     batches = _samples(ctx, config)
@@ -774,9 +800,9 @@ def run_reconstruction(ctx, config: AdaRoundConfig, extensions: Iterable[BlockEx
     units: list[BlockUnit | str] = []
     in_block: set[str] = set()
     if config.mode == "block":
-        for u in find_blocks(ctx.qmodel, names, batches[0].head(2)):
-            units.append(u)
-            in_block.update(u.layers)
+        for blk in find_blocks(ctx.qmodel, names, batches[0].head(2)):
+            units.append(blk)
+            in_block.update(blk.layers)
     units += [n for n in names if n not in in_block]
     order = {n: i for i, n in enumerate(names)}
     units.sort(key=lambda u: order[u.layers[0]] if isinstance(u, BlockUnit) else order[u])
@@ -789,6 +815,6 @@ def run_reconstruction(ctx, config: AdaRoundConfig, extensions: Iterable[BlockEx
 
 
 @register_method("adaround", AdaRoundConfig, "learned up/down rounding per layer or block (AdaRound, BRECQ, QDrop)")
-def run(ctx, config: AdaRoundConfig) -> None:
+def run(ctx: QuantContext, config: AdaRoundConfig) -> None:
     """Learned up/down rounding per layer or block (AdaRound, BRECQ, QDrop)."""
     run_reconstruction(ctx, config)

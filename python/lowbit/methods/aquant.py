@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
@@ -41,9 +42,12 @@ import torch.nn.functional as F
 from lowbit import calib
 from lowbit.config import check_range
 from lowbit.methods import adaround as A
-from lowbit.quantizers import QuantConv2d, QuantLayer, UniformActQuantizer
+from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear, UniformActQuantizer
 from lowbit.registry import register_method
 from lowbit.threshold import PARAMETERIZATIONS, BorderActQuantizer
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
 
 STATS_SAMPLES = 256  # calibration samples behind the per-layer border figures
 
@@ -128,7 +132,9 @@ def uniform_grid(aq: nn.Module | None) -> UniformActQuantizer | None:
 
 def make_border_quantizer(layer: QuantLayer, base: UniformActQuantizer, config: AQuantConfig) -> BorderActQuantizer:
     if config.per_channel:
-        channels, axis = (layer.in_channels, 1) if isinstance(layer, QuantConv2d) else (layer.in_features, -1)
+        # A QuantLayer is a QuantConv2d or a QuantLinear.
+        channels, axis = ((layer.in_channels, 1) if isinstance(layer, QuantConv2d)
+                          else (cast(QuantLinear, layer).in_features, -1))
     else:
         channels, axis = 1, 1
     return BorderActQuantizer.from_uniform(base, channels=channels, channel_axis=axis,
@@ -167,13 +173,14 @@ class BorderExtension(A.BlockExtension):
     def __init__(self, config: AQuantConfig, batches: list[calib.Batch] | None = None):
         self.config = config
         self.batches = batches
-        self.swapped: list[tuple[QuantLayer, nn.Module, _DroppingBorder]] = []
+        self.swapped: list[tuple[QuantLayer, nn.Module | None, _DroppingBorder]] = []
         self._kl: dict | None = None
         self._fp_block: nn.Module | None = None
 
     # -- the global term ------------------------------------------------------------------
-    def _kl_data(self, ctx) -> dict:
+    def _kl_data(self, ctx: QuantContext) -> dict:
         if self._kl is None:
+            assert self.batches is not None, "kl_weight > 0 needs BorderExtension(config, batches)"
             inputs = []
             for b in self.batches:
                 if b.kwargs or len(b.args) != 1 or not isinstance(b.args[0], torch.Tensor):
@@ -190,6 +197,7 @@ class BorderExtension(A.BlockExtension):
         if self.config.kl_weight == 0 or self._fp_block is None:
             return None
         kl = self._kl
+        assert kl is not None  # _kl_data() ran before _fp_block was set
         hook = self._fp_block.register_forward_hook(lambda m, args, o: out)
         try:
             logits = kl["model"](kl["x"][idx])
@@ -200,7 +208,7 @@ class BorderExtension(A.BlockExtension):
         return self.config.kl_weight * term
 
     # -- the block loop hooks ---------------------------------------------------------------
-    def setup(self, ctx, unit, config, seed):
+    def setup(self, ctx: QuantContext, unit, config, seed):
         cfg = self.config
         gen = torch.Generator().manual_seed(seed)
         borders, steps = [], []
@@ -242,7 +250,7 @@ class BorderExtension(A.BlockExtension):
             wrap.quant.hard = True
             wrap.quant.eval()
 
-    def finish(self, ctx, unit, keep):
+    def finish(self, ctx: QuantContext, unit, keep):
         for q, old, wrap in self.swapped:
             if keep:
                 bq = wrap.quant
@@ -266,7 +274,7 @@ class BorderExtension(A.BlockExtension):
 # --- driver and report ------------------------------------------------------------------------
 
 
-def _units(ctx, config: AQuantConfig, names: list[str], batches: list[calib.Batch]) -> list:
+def _units(ctx: QuantContext, config: AQuantConfig, names: list[str], batches: list[calib.Batch]) -> list:
     """Blocks, then one-layer units for the layers outside blocks that have an input quantizer,
     and plain layer names for the rest (AdaRound's layer mode), in execution order."""
     units: list = []
@@ -283,7 +291,7 @@ def _units(ctx, config: AQuantConfig, names: list[str], batches: list[calib.Batc
 
 
 @torch.no_grad()
-def border_stats(ctx, names: list[str], batches: list[calib.Batch]) -> dict[str, dict]:
+def border_stats(ctx: QuantContext, names: list[str], batches: list[calib.Batch]) -> dict[str, dict]:
     """Per layer with learned borders: the quantizer's figures on the quantized network's
     inputs (``BorderActQuantizer.stats``: occupancy, dead levels, threshold shift in steps)
     plus the range of the borders."""
@@ -296,7 +304,7 @@ def border_stats(ctx, names: list[str], batches: list[calib.Batch]) -> dict[str,
             calib.run_model(ctx.qmodel, b)
     out = {}
     for n, q in layers.items():
-        bq = q.act_quant
+        bq = cast(BorderActQuantizer, q.act_quant)  # the layers were chosen for it
         st = bq.stats(torch.cat(xs[n]))
         B = bq.borders()
         st.update(border_mean=float(B.mean()), border_min=float(B.min()), border_max=float(B.max()),
@@ -306,7 +314,7 @@ def border_stats(ctx, names: list[str], batches: list[calib.Batch]) -> dict[str,
     return out
 
 
-def run_aquant(ctx, config: AQuantConfig) -> None:
+def run_aquant(ctx: QuantContext, config: AQuantConfig) -> None:
     batches = A._samples(ctx, config)
     names = [s.name for s in ctx.layers if config.reconstruct_8bit or s.w_bits < 8]
     if not names:
@@ -334,7 +342,7 @@ def run_aquant(ctx, config: AQuantConfig) -> None:
 
 
 @register_method("aquant", AQuantConfig, "learned activation rounding borders with AdaRound + QDrop (AQuant, experimental)")
-def run(ctx, config: AQuantConfig) -> None:
+def run(ctx: QuantContext, config: AQuantConfig) -> None:
     """Learned activation rounding borders with AdaRound + QDrop block reconstruction (AQuant,
     experimental: no public reference code)."""
     run_aquant(ctx, config)

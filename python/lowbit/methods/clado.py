@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 import time
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from lowbit import _native, calib
 from lowbit.config import QuantConfig, check_bits, check_range
 from lowbit.quantizers import dequantize_codes, float_weight_2d, round_nearest, weight_grid
 from lowbit.registry import register_method
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
 
 log = logging.getLogger("lowbit")
 
@@ -166,6 +169,8 @@ class Engine:
         self._stop = math.inf  # prefix(): stop the run at this call
         self._first: dict[int, int] = {}
         self._sizes: list[int] = []
+        # The quantized weight of each (layer, bits), set by measure() for the final check.
+        self.qw: dict[tuple[str, int], torch.Tensor] = {}
         # Leaf modules only: replaying a module with children would skip their calls and shift
         # the call count the cache is indexed by.
         self._patched = [m for m in model.modules()
@@ -208,7 +213,7 @@ class Engine:
             m.__dict__.pop("forward", None)
         for n, m in self.mods.items():
             m.weight.data = self.fp_weight[n]
-        self.caches = []
+        self.caches: list[Any] = []
 
     @torch.no_grad()
     def _prepare(self, cache_bytes: float) -> None:
@@ -360,7 +365,7 @@ def pair_list(L: int, pairs: Union[str, int]) -> list[tuple[int, int]]:
     return [(a, b) for a in range(L) for b in range(a + 1, min(L, a + window + 1))]
 
 
-def quantized_weights(ctx, names: list[str], bits: tuple[int, ...]) -> dict[tuple[str, int], torch.Tensor]:
+def quantized_weights(ctx: QuantContext, names: list[str], bits: tuple[int, ...]) -> dict[tuple[str, int], torch.Tensor]:
     """Each (layer, bits): the nearest rounding on lowbit's grid for that layer, as a float weight."""
     out = {}
     for name in names:
@@ -375,7 +380,7 @@ def quantized_weights(ctx, names: list[str], bits: tuple[int, ...]) -> dict[tupl
     return out
 
 
-def searched_layers(ctx, config: CladoConfig) -> list[str]:
+def searched_layers(ctx: QuantContext, config: CladoConfig) -> list[str]:
     names = [s.name for s in ctx.layers]
     if config.layers is not None:
         unknown = [n for n in config.layers if n not in names]
@@ -388,7 +393,7 @@ def searched_layers(ctx, config: CladoConfig) -> list[str]:
             if s.name not in ends and not any(note.startswith("override") for note in s.notes)]
 
 
-def measure(ctx, config: CladoConfig, names: list[str]) -> tuple[Terms, Engine]:
+def measure(ctx: QuantContext, config: CladoConfig, names: list[str]) -> tuple[Terms, Engine]:
     batches = list(calib.chunks(ctx.batches, config.num_samples))
     kind = config.loss
     if kind == "auto":
@@ -423,7 +428,7 @@ def measure(ctx, config: CladoConfig, names: list[str]) -> tuple[Terms, Engine]:
     return Terms(names, config.bits, single, pairs, engine.fp_loss, kind), engine
 
 
-def layer_macs(ctx, names: list[str]) -> dict[str, float]:
+def layer_macs(ctx: QuantContext, names: list[str]) -> dict[str, float]:
     """Multiply-accumulates per sample of each layer, from one forward of the FP model."""
     macs: dict[str, float] = {}
     mods = {n: ctx.fp_layer(n) for n in names}
@@ -439,7 +444,7 @@ def layer_macs(ctx, names: list[str]) -> dict[str, float]:
     return macs
 
 
-def budget_rows(ctx, config: CladoConfig, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def budget_rows(ctx: QuantContext, config: CladoConfig, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A (m, L*S) and b (m,) in float64 for the budgets the config sets."""
     S = len(config.bits)
     bits = np.array(config.bits, np.float64)
@@ -483,7 +488,7 @@ def solve(G: np.ndarray, S: int, A: np.ndarray, b: np.ndarray, time_limit: float
 
 
 @register_method("clado", CladoConfig, "cross-layer mixed precision: measured pairwise terms, exact IQP")
-def run(ctx, config: CladoConfig) -> None:
+def run(ctx: QuantContext, config: CladoConfig) -> None:
     """Cross-layer mixed precision: measured pairwise terms, exact IQP."""
     names = searched_layers(ctx, config)
     if not names:

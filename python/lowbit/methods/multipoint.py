@@ -27,6 +27,7 @@ The extra rows are counted in the report (``effective_bits``: code bits per weig
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -44,6 +45,17 @@ from lowbit.quantizers import (
     weight_grid,
 )
 from lowbit.registry import register_method
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
+    from lowbit.pack import PackedLayer
+
+    # The mixins below are only ever combined with these classes (MultipointLinear(MultipointMixin,
+    # QuantLinear), ...): the type checker sees them as subclasses, at run time they derive from object.
+    _QuantBase = QuantLayer
+    _PackedBase = PackedLayer
+else:
+    _QuantBase = _PackedBase = object
 
 PLACEMENTS = ("error", "random")
 INPUTS = ("float", "quantized")
@@ -100,9 +112,19 @@ class MultipointConfig(QuantConfig):
             raise ValueError("represent='wider' needs an overhead or a tolerance to choose channels")
 
 
-class MultipointMixin:
+class MultipointMixin(_QuantBase):
     """Extra state of a multipoint layer: point rows folded into their channels, and rows kept
     at a wider bit width (the mixed-precision baseline). Both are empty after set_codes."""
+
+    # Buffers registered in _init_points.
+    point_channel: torch.Tensor
+    point_codes: torch.Tensor
+    point_scale: torch.Tensor
+    point_zero: torch.Tensor
+    wide_channel: torch.Tensor
+    wide_codes: torch.Tensor
+    wide_scale: torch.Tensor
+    wide_zero: torch.Tensor
 
     def _init_points(self) -> None:
         K = self.codes.shape[1]
@@ -138,7 +160,8 @@ class MultipointMixin:
         self.wide_scale = scale.float()
         self.wide_zero = zero.float()
 
-    def set_codes(self, codes, scale, zero, w_bits) -> None:
+    def set_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, w_bits: int) -> None:
+        """QuantLayer.set_codes; drops the points and wide rows."""
         super().set_codes(codes, scale, zero, w_bits)
         self._init_points()  # points fitted to the old base would be wrong for the new one
 
@@ -175,6 +198,10 @@ class MultipointMixin:
             wide += 4 * self.wide_scale.numel() + 2 * n_wide
         return int(pts + wide)
 
+    def packed_twin(self, name: str = "", dynamic_act: bool = False) -> nn.Module:
+        """The packed equivalent of this layer (``lowbit.pack`` calls it; see packed_twin())."""
+        return packed_twin(self, name, dynamic_act)
+
 
 class MultipointLinear(MultipointMixin, QuantLinear):
     """QuantLinear with multipoint rows (fake-quant: the folded float weight)."""
@@ -198,7 +225,7 @@ class MultipointConv2d(MultipointMixin, QuantConv2d):
         return super().extra_repr() + f", points={self.num_points}, wide={int(self.wide_channel.numel())}"
 
 
-def to_multipoint(q: QuantLayer) -> QuantLayer:
+def to_multipoint(q: QuantLayer) -> MultipointMixin:
     """A Multipoint twin of a QuantLinear / QuantConv2d with the same codes, scales, bias and
     input quantizer (and no points yet)."""
     kw = dict(codes=q.codes, scale=q.scale, zero=q.zero, bias=q.bias, w_bits=q.w_bits, act_quant=q.act_quant)
@@ -210,7 +237,7 @@ def to_multipoint(q: QuantLayer) -> QuantLayer:
     raise TypeError(f"cannot add points to {type(q).__name__}")
 
 
-def layer_grams(ctx, names: list[str], num_samples: int | None) -> dict[str, np.ndarray]:
+def layer_grams(ctx: QuantContext, names: list[str], num_samples: int | None) -> dict[str, np.ndarray]:
     """Gram matrices (groups, K, K) of each layer's float inputs on the calibration data,
     gathered in as few passes as fit GRAM_BYTES_PER_PASS."""
     shapes = {}
@@ -218,7 +245,9 @@ def layer_grams(ctx, names: list[str], num_samples: int | None) -> dict[str, np.
         mod = ctx.fp_layer(n)
         K = float_weight_2d(mod).shape[1]
         shapes[n] = (getattr(mod, "groups", 1), K, K)
-    passes, cur, size = [], [], 0
+    passes: list[list[str]] = []
+    cur: list[str] = []
+    size = 0
     for n in names:
         nbytes = 4 * int(np.prod(shapes[n]))
         if cur and size + nbytes > GRAM_BYTES_PER_PASS:
@@ -277,7 +306,7 @@ def _layer_out(mod: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor
     return F.linear(x, w)
 
 
-def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
+def asymmetric_start(ctx: QuantContext, name: str, q: QuantLayer, W: torch.Tensor, base: torch.Tensor,
                      num_samples: int | None):
     """For layer `name` with float inputs x (float network) and quantized inputs xq (the
     quantized network, after the layer's input quantizer), over the calibration samples:
@@ -310,7 +339,9 @@ def asymmetric_start(ctx, name: str, q: QuantLayer, W: torch.Tensor, base: torch
             yq = _layer_out(fp_mod, xq.detach(), wv)
             r = r - yq.detach()
             yq.backward(r)
-        g0 += wv.grad.reshape(C, K).double()
+        grad = wv.grad
+        assert grad is not None  # yq.backward() reached wv
+        g0 += grad.reshape(C, K).double()
         r = r.double()
         e0 += (r.pow(2).sum(dim=[0, 2, 3]) if conv else r.reshape(-1, C).pow(2).sum(0))
     per = C // groups
@@ -343,7 +374,7 @@ def apportion(total: float, sizes: list[int]) -> list[int]:
 
 
 @register_method("multipoint", MultipointConfig, "extra low-bit points on the channels with the largest output error")
-def run(ctx, config: MultipointConfig) -> None:
+def run(ctx: QuantContext, config: MultipointConfig) -> None:
     """Extra low-bit points on the channels with the largest output error."""
     names = [s.name for s in ctx.layers if ctx.qlayer(s.name).w_bits < 8]
     skipped = [s.name for s in ctx.layers if s.name not in names]
@@ -401,7 +432,7 @@ def run(ctx, config: MultipointConfig) -> None:
                  wide_channels=int(new.wide_channel.numel()),
                  output_error_drop=round(1 - err_after / err_before, 4) if err_before > 0 else 0.0)
 
-    mp = [ctx.qlayer(n) for n in names]
+    mp = [cast(MultipointMixin, ctx.qlayer(n)) for n in names]  # each was swapped for to_multipoint(q)
     points = sum(m.num_points for m in mp)
     wide = sum(int(m.wide_channel.numel()) for m in mp)
     total_rows = sum(rows.values())
@@ -435,8 +466,10 @@ def _grouped_loss(dW: torch.Tensor, H: np.ndarray) -> np.ndarray:
 def _packed_classes():
     from lowbit.pack import PackedConv2d, PackedLinear
 
-    class PackedMultipointMixin:
+    class PackedMultipointMixin(_PackedBase):
         """A packed layer whose matrix holds the base rows and then the point rows."""
+
+        point_channel: torch.Tensor  # buffer registered in _setup_points
 
         def _setup_points(self, channel: torch.Tensor, n_out: int) -> None:
             self.rows_ext = self.out_features  # the packed matrix: N + P rows
@@ -451,9 +484,13 @@ def _packed_classes():
             return _native.packed_from_arrays(self.codes, self.scales, self.zeros, self.bits, self.rows_ext,
                                               self.K, self.group_size)
 
-        def _matmul(self, x2: torch.Tensor, part: tuple | None = None) -> torch.Tensor:
-            # one native call: the product of the N + P rows and the fold (multipoint.h)
-            return super()._matmul(x2, part, channel=self.point_channel.numpy())
+        def _matmul(self, x2: torch.Tensor, part: tuple | None = None,
+                    channel: np.ndarray | None = None) -> torch.Tensor:
+            # one native call: the product of the N + P rows and the fold (multipoint.h);
+            # the fold channels are this layer's points unless given.
+            if channel is None:
+                channel = self.point_channel.numpy()
+            return super()._matmul(x2, part, channel=channel)
 
         def weight_2d(self) -> torch.Tensor:
             w = super().weight_2d()
@@ -534,11 +571,13 @@ def packed_twin(layer: MultipointMixin, name: str = "", dynamic_act: bool = Fals
     if layer.bias is not None:
         bias = torch.cat([layer.bias, torch.zeros(Pn)])
     kw = dict(codes=codes, scale=scale, zero=zero, bias=bias, w_bits=layer.w_bits, act_quant=None)
+    ext: QuantLayer
     if isinstance(layer, QuantLinear):
         ext = QuantLinear(layer.in_features, N + Pn, **kw)
     else:
-        ext = QuantConv2d(layer.in_channels, N + Pn, layer.kernel_size, layer.stride, layer.padding,
-                          layer.dilation, layer.groups if Pn == 0 else 1, **kw)
+        conv = cast(QuantConv2d, layer)  # a multipoint layer is a MultipointLinear or a MultipointConv2d
+        ext = QuantConv2d(conv.in_channels, N + Pn, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups if Pn == 0 else 1, **kw)
     w_bits, group_size, p = P._pack_arrays(ext, name)
     cls_lin, cls_conv = packed_multipoint_classes()
     pkw = dict(w_bits=w_bits, group_size=group_size, codes=torch.from_numpy(p.codes),
@@ -547,10 +586,9 @@ def packed_twin(layer: MultipointMixin, name: str = "", dynamic_act: bool = Fals
     if isinstance(layer, QuantLinear):
         out = cls_lin(layer.in_features, N + Pn, **pkw)
     else:
-        out = cls_conv(layer.in_channels, N + Pn, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                       layer.groups, **pkw)
+        conv = cast(QuantConv2d, layer)
+        out = cls_conv(conv.in_channels, N + Pn, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                       conv.groups, **pkw)
     out._setup_points(layer.point_channel, N)
     return out
 
-
-MultipointMixin.packed_twin = packed_twin

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, cast
 
 import torch
 import torch.nn as nn
@@ -43,6 +43,9 @@ from lowbit.methods import adaround
 from lowbit.quantizers import QuantLayer, UniformActQuantizer, dequantize_codes, float_weight_2d
 from lowbit.registry import register_method
 from lowbit.threshold import LTQActQuantizer, N2UQWeightQuantizer, threshold_act_quantizer
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
 
 WEIGHT_GRIDS = ("n2uq", "uniform")
 ALPHA_CANDIDATES = tuple(0.25 + 0.05 * i for i in range(76))  # alpha search: 0.25 .. 4.0
@@ -114,6 +117,7 @@ def n2uq_weight_grid(w2d: torch.Tensor, bits: int, p: float = 2.4) -> tuple[torc
         err = float((dequantize_codes(codes, scale, zero) - w2d).abs().double().pow(p).sum())
         if best is None or err < best[0]:
             best = (err, codes, scale, zero, alpha)
+    assert best is not None  # ALPHA_CANDIDATES is not empty
     _, codes, scale, zero, alpha = best
     return codes, scale, zero, float(alpha)
 
@@ -151,7 +155,7 @@ class LTQExtension(adaround.BlockExtension):
         self.drop_prob = float(drop_prob)
         self.swapped: list[tuple[QuantLayer, LTQActQuantizer, dict]] = []
 
-    def setup(self, ctx, unit, config, seed):
+    def setup(self, ctx: QuantContext, unit, config, seed):
         gen = torch.Generator().manual_seed(seed)
         groups = []
         for name in unit.layers:
@@ -166,7 +170,7 @@ class LTQExtension(adaround.BlockExtension):
                 groups.append({"params": [ltq.scale], "lr": self.lr * float(ltq.unit)})
         return groups
 
-    def finish(self, ctx, unit, keep):
+    def finish(self, ctx: QuantContext, unit, keep):
         for q, ltq, state in self.swapped:
             if not keep:
                 ltq.load_state_dict(state)
@@ -200,7 +204,7 @@ def level_figures(qmodel: nn.Module, names: Iterable[str], batches: list[calib.B
     """Per layer: weight occupancy and dead levels; for LTQ inputs also activation occupancy
     (on up to max_samples samples of batches), dead levels, threshold spread and shift."""
     names = list(names)
-    layers = {n: qmodel.get_submodule(n) for n in names}
+    layers = {n: cast(QuantLayer, qmodel.get_submodule(n)) for n in names}  # names: quantized layers
     counts: dict[str, torch.Tensor] = {}
     ltqs = {n: q.act_quant for n, q in layers.items() if isinstance(q.act_quant, LTQActQuantizer)}
 
@@ -255,7 +259,7 @@ def note_levels(report, figures: dict[str, dict], prefix: str = "") -> dict:
 # --- the method -----------------------------------------------------------------------------
 
 
-def _units(ctx, names: list[str], batch: calib.Batch) -> list[adaround.BlockUnit]:
+def _units(ctx: QuantContext, names: list[str], batch: calib.Batch) -> list[adaround.BlockUnit]:
     """Blocks (as AdaRound's block mode) and, for layers outside every block, one-layer units."""
     units = adaround.find_blocks(ctx.qmodel, names, batch)
     inside = {n for u in units for n in u.layers}
@@ -265,7 +269,7 @@ def _units(ctx, names: list[str], batch: calib.Batch) -> list[adaround.BlockUnit
 
 
 @register_method("n2uq", N2UQConfig, "learned input thresholds with uniform integer outputs (N2UQ, post-training)")
-def run(ctx, config: N2UQConfig) -> None:
+def run(ctx: QuantContext, config: N2UQConfig) -> None:
     """Learned input thresholds with uniform integer outputs (N2UQ, post-training)."""
     names = [s.name for s in ctx.layers if s.w_bits < 8 or (s.a_bits is not None and s.a_bits < 8)]
     if not names:

@@ -15,12 +15,16 @@ what costs MobileNetV2 most of its agreement at W8.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from lowbit import calib
 from lowbit.config import QuantConfig
 from lowbit.registry import register_method
+
+if TYPE_CHECKING:
+    from lowbit.api import QuantContext
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,7 +35,7 @@ class NearestConfig(QuantConfig):
     bias_correction: bool = False
 
 
-def bias_correct(ctx) -> None:
+def bias_correct(ctx: QuantContext) -> None:
     """Subtract from every quantized layer's bias its mean per-output-channel error."""
     names = [s.name for s in ctx.layers]
     total: dict[str, torch.Tensor] = {}
@@ -63,7 +67,7 @@ def bias_correct(ctx) -> None:
 
 
 @register_method("nearest", NearestConfig, "round each weight to the nearest grid point (baseline)")
-def run(ctx, config: NearestConfig) -> None:
+def run(ctx: QuantContext, config: NearestConfig) -> None:
     """Round each weight to the nearest grid point (baseline), optionally bias-corrected."""
     # The context arrives nearest-rounded, and report rows default to "nearest".
     if config.bias_correction:

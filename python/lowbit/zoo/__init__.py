@@ -74,7 +74,7 @@ def _batched(n: int, batch_size: int) -> list[slice]:
 
 
 @torch.inference_mode()
-def _outputs(model: nn.Module, inputs: list) -> torch.Tensor:
+def _outputs(model: Callable[..., torch.Tensor], inputs: list) -> torch.Tensor:
     """Concatenated outputs over a list of positional inputs or keyword dicts."""
     outs = [model(**x) if isinstance(x, dict) else model(x) for x in inputs]
     return torch.cat(outs)

@@ -95,7 +95,8 @@ def train(recipe: Recipe = Recipe(), progress: bool = True) -> tuple[FmnistResNe
     from tqdm.auto import tqdm
 
     torch.manual_seed(recipe.seed)
-    model = FmnistResNet().to(memory_format=torch.channels_last)
+    # Module.to(memory_format=...) works at run time; torch's typed overloads leave it out.
+    model = FmnistResNet().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x, y = fashion_mnist("train")
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)

@@ -37,7 +37,7 @@ class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, expand: int):
         super().__init__()
         hidden = cin * expand
-        layers = [] if expand == 1 else [_conv_bn_relu6(cin, hidden, kernel=1)]
+        layers: list[nn.Module] = [] if expand == 1 else [_conv_bn_relu6(cin, hidden, kernel=1)]
         layers += [
             _conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden),
             nn.Conv2d(hidden, cout, 1, bias=False),
