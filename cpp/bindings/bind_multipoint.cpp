@@ -55,12 +55,7 @@ void bind_multipoint(py::module_& m) {
         check_ndim(channel, 1, "channel");
         const int64_t P = channel.shape(0);
         check_shape(out, {xv.rows, rows - P}, "out");
-        ActQuant aq;
-        aq.dynamic = dynamic;
-        aq.scale = a_scale;
-        aq.zero = a_zero;
-        aq.bits = a_bits;
-        check_act_quant(aq);
+        const ActQuant aq = act_quant_of(dynamic, a_scale, a_zero, a_bits);
         const float* rs = optional_f32(row_sums, {rows}, "row_sums");
         const float* b = optional_f32(bias, {rows}, "bias");
         auto ov = matrix_out(out, "out");

@@ -1,8 +1,10 @@
-// Shared by bind_pack.cpp and bind_qmatmul.cpp: a packed matrix from its three arrays, checked
-// against the shape it claims (pack.h), and optional float32 arguments.
+// Shared by bind_pack.cpp, bind_qmatmul.cpp and bind_multipoint.cpp: a packed matrix from its
+// three arrays, checked against the shape it claims (pack.h), the activation quantizer of the
+// int8 path, and optional float32 arguments.
 #pragma once
 #include "bind_util.h"
 #include "lowbit/pack.h"
+#include "lowbit/qmatmul.h"
 
 namespace lowbit::bind {
 
@@ -28,6 +30,16 @@ inline PackedMatrix packed_of(const Array<uint8_t>& codes, const Array<float>& s
   w.scales = scales.data();
   w.zeros = zeros.data();
   return w;
+}
+
+inline ActQuant act_quant_of(bool dynamic, float scale, float zero, int bits) {
+  ActQuant aq;
+  aq.dynamic = dynamic;
+  aq.scale = scale;
+  aq.zero = zero;
+  aq.bits = bits;
+  check_act_quant(aq);
+  return aq;
 }
 
 // None, or a C-contiguous float32 array of exactly `shape` (refused otherwise, never copied).

@@ -31,12 +31,7 @@ void bind_qmatmul(py::module_& m) {
         auto xv = matrix_in(x, "x");
         check_shape(x, {-1, cols}, "x");
         check_shape(y, {xv.rows, rows}, "y");
-        ActQuant aq;
-        aq.dynamic = dynamic;
-        aq.scale = a_scale;
-        aq.zero = a_zero;
-        aq.bits = a_bits;
-        check_act_quant(aq);
+        const ActQuant aq = act_quant_of(dynamic, a_scale, a_zero, a_bits);
         const float* rs = optional_f32(row_sums, {rows}, "row_sums");
         const float* b = optional_f32(bias, {rows}, "bias");
         auto yv = matrix_out(y, "y");
