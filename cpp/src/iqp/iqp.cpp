@@ -997,22 +997,28 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
     out.push_back(scaled(B0, rs, "scaled"));
   }
+  // Gs in correlation scale (entries over sc_i sc_j, sc = sqrt|d|), the diagonal times diag_factor.
+  std::vector<double> sc(n), w2(n);
+  double dmax = 0;
+  for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
+  for (int64_t i = 0; i < n; ++i) {
+    w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
+    sc[i] = std::sqrt(w2[i]);
+  }
+  auto correlation_scaled = [&](double diag_factor) {
+    Eigen::MatrixXd X(n, n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j)
+        X(i, j) = (i == j ? diag_factor * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    return X;
+  };
   {  // Low-rank completion (hard impute, in correlation scale): the within-layer blocks, their
      // diagonal included (capped at diag(Gs): the rest moves to the linear term), are refilled
      // from the best rank-k approximation, k = the eigenvalues above 1 % of the largest. A
      // measured Hessian form Dw^T H Dw of low rank is recovered with a small diagonal, which
      // keeps the relaxation's loss at fractional points small. Any outcome is valid: the
      // uniform shift on top makes it convex on T.
-    std::vector<double> sc(n), w2(n);
-    double dmax = 0;
-    for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
-    for (int64_t i = 0; i < n; ++i) {
-      w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
-      sc[i] = std::sqrt(w2[i]);
-    }
-    Eigen::MatrixXd X(n, n);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    Eigen::MatrixXd X = correlation_scaled(1.0);
     int64_t rank = -1;
     const double until = budget_s / 3.0;
     bool exact_lowrank = false;
@@ -1068,18 +1074,10 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
   const double alphas[] = {0.0, 0.2, 0.4};
   for (int ai = 0; ai < 3 && !dl.passed(); ++ai) {
     const double alpha = alphas[ai];
-    const double until = budget_s * double(ai + 1) / 3.0;  // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not
-     // change under diagonal scaling, and layers' loss scales span decades)
-    std::vector<double> sc(n), w2(n);
-    double dmax = 0;
-    for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
-    for (int64_t i = 0; i < n; ++i) {
-      w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
-      sc[i] = std::sqrt(w2[i]);
-    }
-    Eigen::MatrixXd X(n, n);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? (1 - alpha) * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    const double until = budget_s * double(ai + 1) / 3.0;
+    // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not change
+    // under diagonal scaling, and layers' loss scales span decades)
+    Eigen::MatrixXd X = correlation_scaled(1 - alpha);
     for (int it = 0; it < 200; ++it) {
       if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
       Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
