@@ -139,23 +139,36 @@ void a8_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
 
 // ---- fp32 activations -------------------------------------------------------------------
 
+// The four bytes of each 32-bit lane of unpacked codes as exact floats 2^23 + q (or-ing the
+// code into the mantissa of 2^23); subtracting 2^23 + z then gives q - z exactly.
+struct CodeDecoder {
+  const __m256i magic = _mm256_set1_epi32(0x4B000000);  // float 2^23
+  const __m256i low_byte = _mm256_set1_epi32(0xFF);
+  const __m256i lane4 = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
+  const __m256i sel1 = _mm256_add_epi32(_mm256_set1_epi32(int(0x80808001u)), lane4);
+  const __m256i sel2 = _mm256_add_epi32(_mm256_set1_epi32(int(0x80808002u)), lane4);
+
+  void operator()(__m256i w, __m256* wf) const {
+    wf[0] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(w, low_byte), magic));
+    wf[1] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(w, sel1), magic));
+    wf[2] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(w, sel2), magic));
+    wf[3] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(w, 24), magic));
+  }
+};
+
 template <int Bits, int MR>
 void f32_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
   constexpr int NV = vectors_per_block(Bits), KB = 4 * NV, BB = block_bytes(Bits);
   const uint8_t* tile = a.codes + t * a.tile_bytes;
   const int64_t nblk = a.gcols / KB;
-  const __m256i magic = _mm256_set1_epi32(0x4B000000);  // float 2^23
-  const __m256i low_byte = _mm256_set1_epi32(0xFF);
-  const __m256i pick1 = _mm256_set1_epi32(int(0x80808001u)), pick2 = _mm256_set1_epi32(int(0x80808002u));
-  const __m256i lane4 = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
-  const __m256i sel1 = _mm256_add_epi32(pick1, lane4), sel2 = _mm256_add_epi32(pick2, lane4);
+  const CodeDecoder decode;
   __m256 y[MR];
   _Pragma("GCC unroll 16")
   for (int m = 0; m < MR; ++m) y[m] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.G; ++g) {
     const int64_t u = (t * a.G + g) * 16 + 8 * h;
     const __m256 bias_z = _mm256_castsi256_ps(_mm256_or_si256(
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u))), magic));
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u))), decode.magic));
     __m256 acc[MR][4];
     _Pragma("GCC unroll 16")
     for (int m = 0; m < MR; ++m)
@@ -169,10 +182,7 @@ void f32_half(const QmmArgs& a, int64_t t, int h, int64_t m0) {
       _Pragma("GCC unroll 16")
       for (int i = 0; i < NV; ++i) {
         __m256 wf[4];
-        wf[0] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(W[i], low_byte), magic));
-        wf[1] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel1), magic));
-        wf[2] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel2), magic));
-        wf[3] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(W[i], 24), magic));
+        decode(W[i], wf);
         _Pragma("GCC unroll 16")
         for (int j = 0; j < 4; ++j) {
           const __m256 d = _mm256_sub_ps(wf[j], bias_z);  // q - z, exact
@@ -243,11 +253,7 @@ void f32_half_many(const QmmArgs& a, int64_t t, int h) {
   alignas(32) float ym[kRowBlock * 8];
   const uint8_t* tile = a.codes + t * a.tile_bytes;
   const int64_t nblk = a.gcols / KB;
-  const __m256i magic = _mm256_set1_epi32(0x4B000000);  // float 2^23
-  const __m256i low_byte = _mm256_set1_epi32(0xFF);
-  const __m256i pick1 = _mm256_set1_epi32(int(0x80808001u)), pick2 = _mm256_set1_epi32(int(0x80808002u));
-  const __m256i lane4 = _mm256_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12);
-  const __m256i sel1 = _mm256_add_epi32(pick1, lane4), sel2 = _mm256_add_epi32(pick2, lane4);
+  const CodeDecoder decode;
   const int n = rows_left(a, t, h);
   const int64_t n0 = t * 16 + 8 * h;
   for (int64_t mb = 0; mb < a.M; mb += kRowBlock) {
@@ -256,7 +262,7 @@ void f32_half_many(const QmmArgs& a, int64_t t, int h) {
     for (int64_t g = 0; g < a.G; ++g) {
       const int64_t u = (t * a.G + g) * 16 + 8 * h;
       const __m256 bias_z = _mm256_castsi256_ps(_mm256_or_si256(
-          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u))), magic));
+          _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a.zeros + u))), decode.magic));
       for (int i = 0; i < nm * 4; ++i) _mm256_store_ps(accm + i * 8, _mm256_setzero_ps());
       const uint8_t* p = tile + g * nblk * BB;
       for (int64_t c0 = 0; c0 < a.gcols; c0 += kChunk) {
@@ -267,10 +273,7 @@ void f32_half_many(const QmmArgs& a, int64_t t, int h) {
           _Pragma("GCC unroll 16")
           for (int i = 0; i < NV; ++i) {
             __m256 wf[4];
-            wf[0] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(W[i], low_byte), magic));
-            wf[1] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel1), magic));
-            wf[2] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_shuffle_epi8(W[i], sel2), magic));
-            wf[3] = _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(W[i], 24), magic));
+            decode(W[i], wf);
             _Pragma("GCC unroll 4")
             for (int j = 0; j < 4; ++j)
               _mm256_store_ps(D + (k + 4 * i + j) * 8, _mm256_sub_ps(wf[j], bias_z));  // q - z, exact
