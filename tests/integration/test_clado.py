@@ -164,18 +164,20 @@ def test_prefix_cache_gives_the_same_losses(digits):
     m, calib, _ = digits
     batches = [lowbit.calib.to_batch(b) for b in calib]
     names = ["c1", "c2", "c3", "c4", "fc1", "fc2"]
-    eng = clado.Engine(m, batches, names, "ce")
-    try:
-        assert eng.pos == {n: i for i, n in enumerate(names)}
+    for cache_bytes in (512 * 2**20, 20_000, 0):  # every cut cached, the latest few, none
+        eng = clado.Engine(m, batches, names, "ce", cache_bytes)
+        assert eng.graph is not None
+        assert sorted(names, key=eng.pos.get) == names  # fx node order is the execution order
+        cached, latest = sorted(eng.cuts[0]), sorted(eng.pos.values())
+        assert cached == {512 * 2**20: latest, 20_000: latest[-len(cached):], 0: []}[cache_bytes]
+        assert cache_bytes != 20_000 or 0 < len(cached) < len(names)
         rng = torch.Generator().manual_seed(0)
         for pick in (["c4"], ["c2", "fc1"], ["fc2"], ["c3", "c4"]):
             w = {n: eng.fp_weight[n] + 0.05 * torch.randn(eng.fp_weight[n].shape, generator=rng) for n in pick}
             assert eng.loss(w) == pytest.approx(eng.loss(w, use_cache=False), rel=1e-12, abs=1e-15)
         assert eng.loss({}) == pytest.approx(eng.fp_loss, rel=1e-12)
-    finally:
-        eng.close()
-    for mod in m.modules():  # the model is left as it was
-        assert "forward" not in mod.__dict__
+    for n in names:  # the model is left as it was
+        assert m.get_submodule(n).weight.data_ptr() == eng.fp_weight[n].data_ptr()
 
 
 def test_nested_prefixes_give_the_same_losses(digits):
@@ -184,24 +186,70 @@ def test_nested_prefixes_give_the_same_losses(digits):
     batches = [lowbit.calib.to_batch(b) for b in calib]
     names = ["c1", "c2", "c3", "c4", "fc1", "fc2"]
     eng = clado.Engine(m, batches, names, "kl")
-    try:
-        rng = torch.Generator().manual_seed(1)
-        w = {n: eng.fp_weight[n] + 0.05 * torch.randn(eng.fp_weight[n].shape, generator=rng) for n in names}
-        base = None
-        for d in range(len(names) - 1):
-            base = eng.prefix({n: w[n] for n in names[: d + 1]}, eng.pos[names[d + 1]], base)
-            assert [len(c) for c in base.caches] == [eng.pos[names[d + 1]]] * len(batches)
-            for last in (w[names[d + 1]], eng.fp_weight[names[d + 1]] * 0.8):
-                full = {**{n: w[n] for n in names[: d + 1]}, names[d + 1]: last}
-                assert eng.loss(full, prefix=base) == pytest.approx(eng.loss(full, use_cache=False), rel=1e-12)
-        with pytest.raises(ValueError, match="other weights"):
-            eng.loss({"c1": w["c1"]}, prefix=eng.prefix({}, 3))  # c1 was float in that prefix
-    finally:
-        eng.close()
+    rng = torch.Generator().manual_seed(1)
+    w = {n: eng.fp_weight[n] + 0.05 * torch.randn(eng.fp_weight[n].shape, generator=rng) for n in names}
+    base = None
+    for d in range(len(names) - 1):
+        base = eng.prefix({n: w[n] for n in names[: d + 1]}, eng.pos[names[d + 1]], base)
+        assert base.end == eng.pos[names[d + 1]] and len(base.values) == len(batches)
+        for last in (w[names[d + 1]], eng.fp_weight[names[d + 1]] * 0.8):
+            full = {**{n: w[n] for n in names[: d + 1]}, names[d + 1]: last}
+            assert eng.loss(full, prefix=base) == pytest.approx(eng.loss(full, use_cache=False), rel=1e-12)
+    with pytest.raises(ValueError, match="other weights"):
+        eng.loss({"c1": w["c1"]}, prefix=eng.prefix({}, eng.pos["c2"]))  # c1 was float in that prefix
+
+
+class InPlaceResidual(nn.Module):
+    """In-place ops on values live across a cut: the cached values must not change."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = (nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4 * 36, 3)
+
+    def forward(self, x):
+        x = self.act(self.c1(x))
+        y = self.act(self.c2(x))
+        y += x
+        return self.fc(torch.flatten(self.act(self.c3(y)), 1))
+
+
+class DataDependent(nn.Module):
+    """Control flow on values: torch.fx cannot trace it, so every loss runs the model whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.sum() > 0:
+            h = -h
+        return self.b(torch.relu(h))
+
+
+@pytest.mark.parametrize("model, names, shape", [
+    (InPlaceResidual, ["c1", "c2", "c3", "fc"], (8, 4, 6, 6)),
+    (DataDependent, ["a", "b"], (8, 6)),
+])
+def test_engine_losses_match_the_whole_model(model, names, shape):
+    torch.manual_seed(1)
+    m = model().eval()
+    batches = [lowbit.calib.to_batch(torch.randn(*shape)) for _ in range(2)]
+    eng = clado.Engine(m, batches, names, "mse")
+    assert (eng.graph is None) == (model is DataDependent)
+    assert sorted(names, key=eng.pos.get) == names
+    for pick in ([names[-1]], names[1:], names[:1]) * 2:  # twice: the cuts must survive a run
+        w = {n: eng.fp_weight[n] * 0.9 for n in pick}
+        assert eng.loss(w) == pytest.approx(eng.loss(w, use_cache=False), rel=1e-12, abs=1e-15)
+        assert eng.loss(w) > 0
+        pre = eng.prefix({n: w[n] for n in names[:1] if n in w}, eng.pos[names[1]])
+        assert eng.loss(w, prefix=pre) == pytest.approx(eng.loss(w, use_cache=False), rel=1e-12)
 
 
 class ScaledBlock(nn.Module):
-    """A module with its own parameter around a parameterised child (not replayable as a whole)."""
+    """A module with its own parameter around a parameterised child."""
 
     def __init__(self):
         super().__init__()
@@ -218,14 +266,11 @@ def test_prefix_cache_with_nested_parameterised_modules():
     batches = [lowbit.calib.to_batch(torch.randn(8, 1, 6, 6)) for _ in range(2)]
     names = ["0", "1.conv", "2.conv", "4"]
     eng = clado.Engine(m, batches, names, "mse")
-    try:
-        assert eng.pos == {n: i for i, n in enumerate(names)}
-        for pick in (["2.conv"], ["4"], ["1.conv", "4"]):
-            w = {n: eng.fp_weight[n] * 0.9 for n in pick}
-            assert eng.loss(w) == pytest.approx(eng.loss(w, use_cache=False), rel=1e-12, abs=1e-15)
-            assert eng.loss(w) > 0
-    finally:
-        eng.close()
+    assert sorted(names, key=eng.pos.get) == names
+    for pick in (["2.conv"], ["4"], ["1.conv", "4"]):
+        w = {n: eng.fp_weight[n] * 0.9 for n in pick}
+        assert eng.loss(w) == pytest.approx(eng.loss(w, use_cache=False), rel=1e-12, abs=1e-15)
+        assert eng.loss(w) > 0
 
 
 class TwoBranches(nn.Module):

@@ -15,8 +15,8 @@ Measurement protocol: every other layer stays FP (weights and activations), each
 weight is the nearest rounding on the grid lowbit itself uses at that bit width (quantized once
 per (layer, bits) and swapped in by pointer), and the loss is the cross entropy to the labels
 ("ce"), the KL divergence from the FP outputs ("kl", no labels needed) or the squared error to
-the FP outputs ("mse"). Outputs of the parameterised modules that run before the first
-perturbed layer are cached once, so an evaluation recomputes only from that layer on.
+the FP outputs ("mse"). The float run's values live at each searched layer are cached (torch.fx
+cut points, see :class:`Engine`), so an evaluation runs only from the first perturbed layer on.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import itertools
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 import torch
@@ -120,6 +120,8 @@ def _clone(x: Any) -> Any:
         return x.clone()
     if isinstance(x, (tuple, list)):
         return type(x)(_clone(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _clone(v) for k, v in x.items()}
     return x
 
 
@@ -128,6 +130,8 @@ def _nbytes(x: Any) -> int:
         return x.numel() * x.element_size()
     if isinstance(x, (tuple, list)):
         return sum(_nbytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(_nbytes(v) for v in x.values())
     return 0
 
 
@@ -143,12 +147,74 @@ def _logits(out: Any) -> torch.Tensor:
     raise TypeError(f"CLADO needs the model output as a tensor (or .logits / first item), got {type(out).__name__}")
 
 
+class _Graph:
+    """A torch.fx trace of the model, run from any cut: the values live at node ``k`` (computed
+    before it, used at or after it) are all a run starting at ``k`` needs."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.nodes = list(gm.graph.nodes)
+        self.inputs = [n for n in self.nodes if n.op == "placeholder"]
+        index = {node: i for i, node in enumerate(self.nodes)}
+        self.last_use = [max((index[u] for u in node.users), default=i) for i, node in enumerate(self.nodes)]
+        self.free_after: list[list[torch.fx.Node]] = [[] for _ in self.nodes]
+        for node, last in zip(self.nodes, self.last_use):
+            self.free_after[last].append(node)
+        self.interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
+
+    def first_call(self, name: str) -> int | None:
+        return next((i for i, n in enumerate(self.nodes) if n.op == "call_module" and n.target == name), None)
+
+    def live(self, k: int) -> list[torch.fx.Node]:
+        return [n for n, last in zip(self.nodes[:k], self.last_use[:k]) if last >= k]
+
+    def bind(self, batch: calib.Batch) -> dict:
+        """The values live at the start of the graph: the batch's inputs."""
+        return dict(zip(self.inputs, batch.args))
+
+    def run(self, env: dict, start: int, stop: int | None = None, save: Any = ()) -> tuple[Any, dict[int, dict]]:
+        """Runs nodes ``start`` to ``stop`` (the end: the output) from ``env``, the values live at
+        ``start``; returns the output (None when stopped early) and, for each cut in ``save``
+        passed on the way, clones of its live values (later in-place ops cannot reach them)."""
+        env, saved = dict(env), {}
+        self.interp.env = env
+        stop = len(self.nodes) if stop is None else stop
+        for i in range(max(start, len(self.inputs)), stop):
+            if i in save:
+                saved[i] = {n: _clone(env[n]) for n in self.live(i)}
+            node = self.nodes[i]
+            value = self.interp.run_node(node)
+            if node.op == "output":
+                return value, saved
+            env[node] = value
+            for dead in self.free_after[i]:
+                env.pop(dead, None)
+        if stop in save:
+            saved[stop] = {n: _clone(env[n]) for n in self.live(stop)}
+        return None, saved
+
+
+def _trace(model: nn.Module, batches: list[calib.Batch], names: list[str]) -> _Graph | None:
+    """The model's fx graph, or None when it cannot serve (untraceable, keyword inputs, a
+    searched layer not called as a module): the engine then runs the whole model each time."""
+    if any(b.kwargs for b in batches):
+        return None
+    try:
+        graph = _Graph(torch.fx.symbolic_trace(model))
+    except Exception as e:  # data-dependent control flow and the like: fx's own limits
+        log.debug("CLADO: torch.fx cannot trace the model (%s); every evaluation runs it whole", e)
+        return None
+    if any(graph.first_call(n) is None for n in names) or any(len(b.args) != len(graph.inputs) for b in batches):
+        return None
+    return graph
+
+
 class Engine:
     """Loss of a float model with some layers' weights swapped for given tensors.
 
-    ``loss({name: weight, ...})`` runs the sensitivity set; the outputs of every parameterised
-    module that runs before the first swapped layer are replayed from a cache (cloned, so
-    in-place ops downstream cannot corrupt it) instead of recomputed.
+    ``loss({name: weight, ...})`` runs the sensitivity set from the first swapped layer on:
+    the model is traced once with torch.fx, and the float run's values live at each searched
+    layer (for a ResNet block: its input and skip) are cached within ``cache_bytes``, the latest
+    layers first. A model fx cannot trace runs whole for every loss.
     """
 
     def __init__(self, model: nn.Module, batches: list[calib.Batch], names: list[str], loss: str,
@@ -161,75 +227,50 @@ class Engine:
         self.fp_weight = {n: m.weight.data for n, m in self.mods.items()}
         self.count = 0
         self.seconds = 0.0
-        self._counter = 0
-        self._replay = 0
-        self._cache: list = []
-        self._record: list | None = None
-        self._keep = 0
-        self._stop = math.inf  # prefix(): stop the run at this call
-        self._first: dict[int, int] = {}
-        self._sizes: list[int] = []
         # The quantized weight of each (layer, bits), set by measure() for the final check.
         self.qw: dict[tuple[str, int], torch.Tensor] = {}
-        # Leaf modules only: replaying a module with children would skip their calls and shift
-        # the call count the cache is indexed by.
-        self._patched = [m for m in model.modules()
-                         if next(m.children(), None) is None and next(m.parameters(recurse=False), None) is not None]
-        missing = [n for n, m in self.mods.items() if not any(m is p for p in self._patched)]
-        if missing:
-            raise ValueError(f"CLADO can only search leaf layers with a weight, not {missing}")
-        for m in self._patched:
-            self._patch(m)
+        self.graph = _trace(model, batches, names)
+        self.pos = self._positions(names)
+        self._prepare(cache_bytes)
+
+    def _positions(self, names: list[str]) -> dict[str, int]:
+        """Where each searched layer first runs: its fx node, or its call order among them."""
+        if self.graph is not None:
+            return {n: cast(int, self.graph.first_call(n)) for n in names}
+        order: list[str] = []
+        hooks = [m.register_forward_pre_hook(lambda *_, n=n: order.append(n)) for n, m in self.mods.items()]
         try:
-            self._prepare(cache_bytes)
-        except BaseException:
-            self.close()
-            raise
-
-    def _patch(self, mod: nn.Module) -> None:
-        orig = mod.forward
-        eng = self
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            i = eng._counter
-            eng._counter += 1
-            if i >= eng._stop:
-                raise _PrefixDone
-            if i < eng._replay:
-                return _clone(eng._cache[i])
-            out = orig(*args, **kwargs)
-            if eng._record is not None:
-                eng._first.setdefault(id(mod), i)
-                if i < eng._keep:
-                    eng._record.append(_clone(out))
-                elif eng._keep < 0:
-                    eng._sizes.append(_nbytes(out))
-            return out
-
-        mod.forward = forward
-
-    def close(self) -> None:
-        for m in self._patched:
-            m.__dict__.pop("forward", None)
-        for n, m in self.mods.items():
-            m.weight.data = self.fp_weight[n]
-        self.caches: list[Any] = []
+            with torch.no_grad():
+                calib.run_model(self.model, self.batches[0])
+        finally:
+            for h in hooks:
+                h.remove()
+        missing = [n for n in names if n not in order]
+        if missing:
+            raise ValueError(f"CLADO layers {missing} never ran on a calibration batch")
+        return {n: order.index(n) for n in names}
 
     @torch.no_grad()
     def _prepare(self, cache_bytes: float) -> None:
-        # First batch: call order and output sizes; then how many leading outputs fit the cache.
-        self._keep, self._record, self._counter = -1, [], 0
-        calib.run_model(self.model, self.batches[0])
-        per_sample = np.cumsum([s / self.batches[0].size for s in self._sizes])
-        self._keep = int(np.searchsorted(per_sample, cache_bytes / max(self.n, 1), side="right"))
-        self.pos = {n: self._first[id(m)] for n, m in self.mods.items()}
-        # Every batch: the cache and the FP reference.
-        self.caches, self.ref = [], []
+        # The float run of every batch: its reference outputs, and the cuts' live values that fit.
+        self.cuts: list[dict[int, dict]] = [{} for _ in self.batches]
+        save: set[int] = set()
+        if self.graph is not None:
+            _, sizes = self.graph.run(self.graph.bind(self.batches[0]), 0, save=set(self.pos.values()))
+            left = cache_bytes
+            for k in sorted(sizes, reverse=True):  # later cuts save the most work and are smaller
+                need = _nbytes(list(sizes[k].values())) / self.batches[0].size * self.n
+                if need <= left:
+                    save.add(k)
+                    left -= need
+        self.ref = []
         base = 0.0
-        for b in self.batches:
-            self._record, self._counter = [], 0
-            out = _logits(calib.run_model(self.model, b))
-            self.caches.append(self._record)
+        for bi, b in enumerate(self.batches):
+            if self.graph is not None:
+                out, self.cuts[bi] = self.graph.run(self.graph.bind(b), 0, save=save)
+            else:
+                out = calib.run_model(self.model, b)
+            out = _logits(out)
             if self.kind == "kl":
                 self.ref.append(F.log_softmax(out.double(), dim=-1))
             elif self.kind == "mse":
@@ -238,9 +279,12 @@ class Engine:
                 if b.labels is None:
                     raise ValueError("loss='ce' needs labels: pass (input, label) batches or use loss='kl'")
                 self.ref.append(b.labels)
-            base += self._batch_loss(out, len(self.ref) - 1)
-        self._record = None
+            base += self._batch_loss(out, bi)
         self.fp_loss = base / self.n
+
+    def close(self) -> None:
+        """Drops the caches; the model's weights are already its own again after every call."""
+        self.cuts = [{} for _ in self.batches]
 
     def _batch_loss(self, out: torch.Tensor, bi: int) -> float:
         n = out.shape[0]
@@ -254,50 +298,61 @@ class Engine:
             return float(kl.reshape(n, -1).mean(1).sum())
         return float((out.double() - self.ref[bi]).pow(2).reshape(n, -1).mean(1).sum())
 
+    def _start(self, bi: int, first: int, prefix: Prefix | None) -> tuple[dict, int]:
+        """The values a run can start from, and where: the prefix's cut, else the latest cached
+        float cut at or before node ``first`` (the first swapped layer), else the inputs."""
+        assert self.graph is not None
+        if prefix is not None:
+            return {n: _clone(v) for n, v in prefix.values[bi].items()}, prefix.end
+        k = max((c for c in self.cuts[bi] if c <= first), default=None)
+        if k is None:
+            return self.graph.bind(self.batches[bi]), 0
+        return {n: _clone(v) for n, v in self.cuts[bi][k].items()}, k
+
+    def _first(self, weights: dict[str, torch.Tensor], end: int | None = None) -> int:
+        assert self.graph is not None
+        return min([self.pos[n] for n in weights] + [len(self.graph.nodes) if end is None else end])
+
     @torch.no_grad()
     def loss(self, weights: dict[str, torch.Tensor], use_cache: bool = True, prefix: Prefix | None = None) -> float:
         """Mean loss with ``weights`` swapped in. ``prefix`` (from :meth:`prefix`, made with the
-        same weights for the layers before it ends) replays more than the float cache can."""
+        same weights for the layers before it ends) starts later than the float cuts can.
+        ``use_cache=False`` runs the model itself, whole (the reference for the cuts)."""
         t0 = time.perf_counter()
-        first = min((self.pos[n] for n in weights), default=0)
         if prefix is not None:
             self._check_prefix(weights, prefix)
-        caches, limit = (self.caches, first) if prefix is None else (prefix.caches, prefix.end)
         total = 0.0
         with self._swapped(weights):
             for bi, b in enumerate(self.batches):
-                self._counter = 0
-                self._cache = caches[bi]
-                self._replay = min(limit, len(self._cache)) if use_cache else 0
-                total += self._batch_loss(_logits(calib.run_model(self.model, b)), bi)
+                if self.graph is None or not use_cache:
+                    out = calib.run_model(self.model, b)
+                else:
+                    out, _ = self.graph.run(*self._start(bi, self._first(weights), prefix))
+                total += self._batch_loss(_logits(out), bi)
         self.count += 1
         self.seconds += time.perf_counter() - t0
         return total / self.n
 
     @torch.no_grad()
     def prefix(self, weights: dict[str, torch.Tensor], end: int, base: Prefix | None = None) -> Prefix:
-        """The outputs of the first ``end`` module calls with ``weights`` swapped in, for
-        :meth:`loss` of any allocation that agrees with ``weights`` on the layers called before
-        ``end`` (a depth-first search over allocations re-runs each layer once per prefix)."""
-        first = min((self.pos[n] for n in weights), default=end)
+        """The values live at ``end`` with ``weights`` swapped in, for :meth:`loss` of any
+        allocation that agrees with ``weights`` on the layers before ``end`` (a depth-first
+        search over allocations runs each layer once per prefix). ``base``: a shorter prefix
+        to extend. Without an fx graph the prefix holds nothing and losses run whole."""
         if base is not None:
             self._check_prefix(weights, base)
-        caches, limit = (self.caches, first) if base is None else (base.caches, base.end)
-        out = []
+        values: list[dict] = []
         with self._swapped(weights):
-            for bi, b in enumerate(self.batches):
-                self._counter = 0
-                self._cache = caches[bi]
-                self._replay = min(limit, len(self._cache), end)
-                self._record, self._keep, self._stop = [], end, end
-                try:
-                    calib.run_model(self.model, b)
-                except _PrefixDone:
-                    pass
-                finally:
-                    recorded, self._record, self._stop = self._record, None, math.inf
-                out.append(self._cache[: self._replay] + recorded)
-        return Prefix(out, end, {n: w for n, w in weights.items() if self.pos[n] < end})
+            for bi in range(len(self.batches)):
+                if self.graph is None:
+                    values.append({})
+                    continue
+                env, k = self._start(bi, self._first(weights, end), base)
+                if k > end:
+                    raise ValueError(f"a prefix ending at {end} cannot extend one ending at {k}")
+                _, saved = self.graph.run(env, k, end, save={end})
+                values.append(saved[end])
+        return Prefix(values, end, {n: w for n, w in weights.items() if self.pos[n] < end})
 
     def _check_prefix(self, weights: dict[str, torch.Tensor], prefix: Prefix) -> None:
         before = {n: w for n, w in weights.items() if self.pos[n] < prefix.end}
@@ -311,22 +366,16 @@ class Engine:
         try:
             yield
         finally:
-            self._replay = 0
             for n in weights:
                 self.mods[n].weight.data = self.fp_weight[n]
 
 
-class _PrefixDone(BaseException):
-    """Raised at the first module call past a prefix: the rest of the run is not needed. A
-    control-flow signal, not an error: ``except Exception`` in models and run_model lets it by."""
-
-
 @dataclasses.dataclass
 class Prefix:
-    """Cached outputs of the first ``end`` module calls, per calibration batch, and the swapped
-    weights of the layers among them."""
+    """The values live at node ``end`` of the fx graph, per calibration batch, and the swapped
+    weights of the layers before it."""
 
-    caches: list
+    values: list[dict]
     end: int
     weights: dict
 
