@@ -26,7 +26,9 @@
 //    on CLADO-like G; the root keeps the candidate with the best bound. It is solved by
 //    FISTA with exact projections, and every node's lower bound is the Frank-Wolfe /
 //    Lagrangian bound of the current iterate, which is valid whether or not the QP solver
-//    has converged;
+//    has converged. When the completion is exactly low rank (U U^T, rank k), nodes use the
+//    dual of that relaxation instead: a concave function of k + m variables, maximised by
+//    Newton's method on a soft-min smoothing, every evaluated point a valid bound;
 //  - reduced-cost fixing from that bound, branching on the most fractional layer, best-first
 //    node order, rounding + local search at the nodes.
 // Single-threaded and deterministic apart from where the time limit falls; the local-search
@@ -75,7 +77,7 @@ struct IQPResult {
   double seconds = 0;
   double warm_objective = 0;  // best local-search objective before branching (+inf: none)
   double root_bound = 0;      // lower bound from the root relaxation alone
-  const char* relaxation = "";  // convexification kept: uniform / scaled / completion / none
+  const char* relaxation = "";  // convexification kept: uniform / scaled / completion / lowrank-dual / none
 };
 
 // Throws std::invalid_argument naming what is wrong (sizes, shapes, non-finite values).

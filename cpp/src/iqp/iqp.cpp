@@ -24,6 +24,12 @@
 // the reduced cost (g + A^T mu)_ls - min_s'(g + A^T mu)_ls', which prunes children and
 // removes choices from a node's domain (reduced-cost fixing).
 //
+// Low-rank dual. When the within-layer completion converges to an exact low-rank form U U^T
+// (a Hessian form Dw^T H Dw, as CLADO's G), nodes are bounded through the dual of that
+// relaxation instead: k + m variables (the factor's rank and the budget rows) maximised by
+// Newton's method, O(n (k + m)^2) a step instead of O(n^2) (see DualBound). A node that only
+// the residual of the factor keeps open is decided by the QP relaxation above.
+//
 // Search. Best-first over nodes (per-layer domain bit masks), branching on the layer whose
 // relaxed block is most fractional, one child per remaining choice. Incumbents come from the
 // warm start (greedy + 1-opt / 2-opt local search + compound moves, with perturbation
@@ -135,6 +141,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be pruned is solved to
+constexpr int kNodePatience = 25;    // QP bound checks without improvement before a node stops
+constexpr int kRootPatience = 25;    // ... and the root
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -463,6 +471,32 @@ void project_simplex(double* v, int64_t k, double* scratch) {
   for (int64_t i = 0; i < k; ++i) v[i] = std::max(v[i] - tau, 0.0);
 }
 
+// A node's variables: layers with one allowed choice are fixed, the others are free blocks of
+// consecutive entries of `vars` (block bl: layer blocks[bl], entries [bstart[bl], bstart[bl+1])).
+struct Layout {
+  std::vector<int64_t> vars, blocks, bstart, fixed;
+
+  void set(const Data& D, const std::vector<uint32_t>& mask) {
+    vars.clear();
+    blocks.clear();
+    bstart.assign(1, 0);
+    fixed.clear();
+    for (int64_t l = 0; l < D.L; ++l) {
+      const uint32_t mk = mask[l];
+      if ((mk & (mk - 1)) == 0) {
+        int64_t s = 0;
+        while (!((mk >> s) & 1u)) ++s;
+        fixed.push_back(D.start[l] + s);
+        continue;
+      }
+      for (int64_t s = 0; s < D.size(l); ++s)
+        if ((mk >> s) & 1u) vars.push_back(D.start[l] + s);
+      blocks.push_back(l);
+      bstart.push_back(int64_t(vars.size()));
+    }
+  }
+};
+
 struct NodeResult {
   bool infeasible = false;  // the node's polytope is empty (by a budget row)
   bool pruned = false;      // lb >= cutoff
@@ -476,18 +510,20 @@ class Relaxation {
   Relaxation(const Data& D, const Shift& S) : D_(D), S_(S) {}
 
   // Domain masks (L,), a warm point in full coordinates (n,) or nullptr, the pruning cutoff.
+  // patience: bound checks without improvement before giving up (the root needs many more
+  // than a node: its bound creeps up long after the first stall).
   NodeResult solve(const std::vector<uint32_t>& mask, const double* warm, double cutoff, double tol_scale,
-                   int max_iter, const Deadline& dl) {
+                   int max_iter, int patience, const Deadline& dl) {
     NodeResult res;
     setup(mask);
     // Fixed part and remaining budget.
     for (int64_t r = 0; r < D_.m; ++r) {
       double rem = D_.b[r];
-      for (int64_t f : fixed_) rem -= D_.A[r * D_.n + f];
+      for (int64_t f : lay_.fixed) rem -= D_.A[r * D_.n + f];
       double need = 0;
-      for (size_t bl = 0; bl < blocks_.size(); ++bl) {
+      for (size_t bl = 0; bl < lay_.blocks.size(); ++bl) {
         double mn = kInf;
-        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) mn = std::min(mn, Af_[r * nf_ + j]);
+        for (int64_t j = lay_.bstart[bl]; j < lay_.bstart[bl + 1]; ++j) mn = std::min(mn, Af_[r * nf_ + j]);
         need += mn;
       }
       bres_[r] = rem;
@@ -503,7 +539,7 @@ class Relaxation {
     }
     // Starting point.
     x_.assign(nf_, 0.0);
-    for (int64_t j = 0; j < nf_; ++j) x_[j] = warm ? warm[vars_[j]] : 1.0;
+    for (int64_t j = 0; j < nf_; ++j) x_[j] = warm ? warm[lay_.vars[j]] : 1.0;
     mu_proj_.assign(D_.m, 0.0);
     project(x_.data());
 
@@ -542,7 +578,7 @@ class Relaxation {
         if (std::isfinite(cutoff) && fx < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;
         if (!std::isfinite(cutoff) && gap <= 1e-6 * std::max(std::fabs(fx), tol_scale)) break;
         if (best_lb <= last_lb + 1e-12 * std::max(std::fabs(best_lb), tol_scale)) {
-          if (++stall >= 25) break;
+          if (++stall >= patience) break;
         } else {
           stall = 0;
         }
@@ -570,72 +606,53 @@ class Relaxation {
     // Reduced costs at the best bound.
     res.rc.assign(nf_, 0.0);
     if (best_lb > -kInf) {
-      for (size_t bl = 0; bl < blocks_.size(); ++bl) {
+      for (size_t bl = 0; bl < lay_.blocks.size(); ++bl) {
         double mn = kInf;
-        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) {
+        for (int64_t j = lay_.bstart[bl]; j < lay_.bstart[bl + 1]; ++j) {
           double v = best_g_[j];
           for (int64_t r = 0; r < D_.m; ++r) v += best_mu_[r] * Af_[r * nf_ + j];
           res.rc[j] = v;
           mn = std::min(mn, v);
         }
-        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) res.rc[j] -= mn;
+        for (int64_t j = lay_.bstart[bl]; j < lay_.bstart[bl + 1]; ++j) res.rc[j] -= mn;
       }
     }
     return res;
   }
 
-  // Layout of the last solve: free variables, and per free block its layer and range.
-  const std::vector<int64_t>& vars() const { return vars_; }
-  const std::vector<int64_t>& blocks() const { return blocks_; }
-  const std::vector<int64_t>& bstart() const { return bstart_; }
-  const std::vector<int64_t>& fixed() const { return fixed_; }
+  // Layout of the last solve.
+  const Layout& layout() const { return lay_; }
 
  private:
   void setup(const std::vector<uint32_t>& mask) {
-    vars_.clear();
-    blocks_.clear();
-    bstart_.assign(1, 0);
-    fixed_.clear();
-    for (int64_t l = 0; l < D_.L; ++l) {
-      const uint32_t mk = mask[l];
-      if ((mk & (mk - 1)) == 0) {
-        int64_t s = 0;
-        while (!((mk >> s) & 1u)) ++s;
-        fixed_.push_back(D_.start[l] + s);
-        continue;
-      }
-      for (int64_t s = 0; s < D_.size(l); ++s)
-        if ((mk >> s) & 1u) vars_.push_back(D_.start[l] + s);
-      blocks_.push_back(l);
-      bstart_.push_back(int64_t(vars_.size()));
-    }
-    nf_ = int64_t(vars_.size());
+    lay_.set(D_, mask);
+    nf_ = int64_t(lay_.vars.size());
     const int64_t n = D_.n;
     Qf_.resize(nf_ * nf_);
     for (int64_t a = 0; a < nf_; ++a) {
-      const double* q = &S_.Q[vars_[a] * n];
-      for (int64_t bb = 0; bb < nf_; ++bb) Qf_[a * nf_ + bb] = q[vars_[bb]];
+      const double* q = &S_.Q[lay_.vars[a] * n];
+      for (int64_t bb = 0; bb < nf_; ++bb) Qf_[a * nf_ + bb] = q[lay_.vars[bb]];
     }
     qf_.assign(nf_, 0.0);
     cf_.resize(nf_);
     for (int64_t a = 0; a < nf_; ++a) {
-      const double* w = &D_.W[vars_[a] * n];
+      const double* w = &D_.W[lay_.vars[a] * n];
       double s = 0;
-      for (int64_t f : fixed_) s += w[f];
+      for (int64_t f : lay_.fixed) s += w[f];
       qf_[a] = s;
-      cf_[a] = S_.c[vars_[a]];
+      cf_[a] = S_.c[lay_.vars[a]];
     }
     const_ = 0;
-    for (int64_t f : fixed_) {
+    for (int64_t f : lay_.fixed) {
       const_ += D_.d[f];
-      for (int64_t g : fixed_) const_ += D_.W[f * n + g];
+      for (int64_t g : lay_.fixed) const_ += D_.W[f * n + g];
     }
     mf_.resize(nf_);
-    for (int64_t a = 0; a < nf_; ++a) mf_[a] = S_.m[vars_[a]];
-    if (!fixed_.empty()) tighten();
+    for (int64_t a = 0; a < nf_; ++a) mf_[a] = S_.m[lay_.vars[a]];
+    if (!lay_.fixed.empty()) tighten();
     Af_.resize(D_.m * nf_);
     for (int64_t r = 0; r < D_.m; ++r)
-      for (int64_t a = 0; a < nf_; ++a) Af_[r * nf_ + a] = D_.A[r * n + vars_[a]];
+      for (int64_t a = 0; a < nf_; ++a) Af_[r * nf_ + a] = D_.A[r * n + lay_.vars[a]];
     bres_.resize(D_.m);
     gx_.resize(nf_);
     gy_.resize(nf_);
@@ -648,12 +665,12 @@ class Relaxation {
   // multiple t of diag(|d|) keeping it PSD there, moving it into the linear term. Exact on
   // one-hot points; at fractional points the bound gains t * sum |d_i| (x_i - x_i^2).
   void tighten() {
-    const int64_t nb = int64_t(blocks_.size()), nt = nf_ - nb;
+    const int64_t nb = int64_t(lay_.blocks.size()), nt = nf_ - nb;
     if (nt <= 0) return;
     Eigen::MatrixXd Z = Eigen::MatrixXd::Zero(nf_, nt);
     int64_t col = 0;
     for (int64_t bl = 0; bl < nb; ++bl) {
-      const int64_t s0 = bstart_[bl], k = bstart_[bl + 1] - s0;
+      const int64_t s0 = lay_.bstart[bl], k = lay_.bstart[bl + 1] - s0;
       for (int64_t j = 1; j < k; ++j, ++col) {
         const double a = 1.0 / std::sqrt(double(j) * double(j + 1));
         for (int64_t i = 0; i < j; ++i) Z(s0 + i, col) = a;
@@ -665,8 +682,8 @@ class Relaxation {
     M = 0.5 * (M + M.transpose());
     Eigen::VectorXd w(nf_);
     double wmax = 0;
-    for (int64_t a = 0; a < nf_; ++a) wmax = std::max(wmax, std::fabs(D_.d[vars_[a]]));
-    for (int64_t a = 0; a < nf_; ++a) w(a) = std::max(std::fabs(D_.d[vars_[a]]), 1e-9 * wmax + 1e-300);
+    for (int64_t a = 0; a < nf_; ++a) wmax = std::max(wmax, std::fabs(D_.d[lay_.vars[a]]));
+    for (int64_t a = 0; a < nf_; ++a) w(a) = std::max(std::fabs(D_.d[lay_.vars[a]]), 1e-9 * wmax + 1e-300);
     Eigen::MatrixXd N = Z.transpose() * w.asDiagonal() * Z;
     N = 0.5 * (N + N.transpose());
     Eigen::GeneralizedSelfAdjointEigenSolver<Eigen::MatrixXd> ge(M, N, Eigen::EigenvaluesOnly);
@@ -681,12 +698,9 @@ class Relaxation {
   }
 
   void matvec(const double* x, double* out) const {
-    for (int64_t a = 0; a < nf_; ++a) {
-      const double* q = &Qf_[a * nf_];
-      double s = 0;
-      for (int64_t bb = 0; bb < nf_; ++bb) s += q[bb] * x[bb];
-      out[a] = s;
-    }
+    using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Eigen::Map<Eigen::VectorXd>(out, nf_).noalias() =
+        Eigen::Map<const RowMat>(Qf_.data(), nf_, nf_) * Eigen::Map<const Eigen::VectorXd>(x, nf_);
   }
 
   void project_blocks(const double* y, const double* mu, double* out) {
@@ -695,8 +709,8 @@ class Relaxation {
       for (int64_t r = 0; r < D_.m; ++r) v -= mu[r] * Af_[r * nf_ + j] / mf_[j];
       out[j] = v;
     }
-    for (size_t bl = 0; bl < blocks_.size(); ++bl)
-      project_simplex(out + bstart_[bl], bstart_[bl + 1] - bstart_[bl], scratch_.data());
+    for (size_t bl = 0; bl < lay_.blocks.size(); ++bl)
+      project_simplex(out + lay_.bstart[bl], lay_.bstart[bl + 1] - lay_.bstart[bl], scratch_.data());
   }
 
   double row_use(int64_t r, const double* x) const {
@@ -771,10 +785,10 @@ class Relaxation {
     for (int64_t j = 0; j < nf_; ++j) lin -= g[j] * x[j];
     auto phi = [&](const std::vector<double>& mu, int64_t r, double* slope) {
       double val = 0, sl = 0;
-      for (size_t bl = 0; bl < blocks_.size(); ++bl) {
+      for (size_t bl = 0; bl < lay_.blocks.size(); ++bl) {
         double mn = kInf;
-        int64_t arg = bstart_[bl];
-        for (int64_t j = bstart_[bl]; j < bstart_[bl + 1]; ++j) {
+        int64_t arg = lay_.bstart[bl];
+        for (int64_t j = lay_.bstart[bl]; j < lay_.bstart[bl + 1]; ++j) {
           double v = g[j];
           for (int64_t q = 0; q < D_.m; ++q) v += mu[q] * Af_[q * nf_ + j];
           if (v < mn) {
@@ -849,7 +863,7 @@ class Relaxation {
 
   const Data& D_;
   const Shift& S_;
-  std::vector<int64_t> vars_, blocks_, bstart_, fixed_;
+  Layout lay_;
   int64_t nf_ = 0;
   std::vector<double> Qf_, qf_, cf_, Af_, bres_, mf_;
   double const_ = 0;
@@ -911,10 +925,22 @@ void set_metric(const Data& D, const Eigen::MatrixXd& Z, Shift& s) {
   for (int64_t i = 0; i < n; ++i) s.m[i] = 2.0 * lam * (1 + 1e-9) * sig[i];
 }
 
-std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s);
+// The converged low-rank completion as a factor: Q_lr = U U^T matches W off the within-layer
+// blocks up to a residual R = W - U U^T (float32 rounding of a low-rank G). On the simplex
+// product x^T R x >= rho^T x, rho_ls = sum_{k != l} min_t R(ls, kt), so
+//     f_lr(x) = |U^T x|^2 + c^T x,   c = d - diag(U U^T) + rho,
+// is convex, at most the objective on every one-hot point, and its minimum is a valid bound.
+struct LowRank {
+  int64_t k = 0;
+  std::vector<double> U;  // (n, k) row-major
+  std::vector<double> c;  // (n,)
+  double slack = 0;       // sum_l max_s |rho_ls|: how much rho can cost a bound
+};
 
-std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s) {
-  std::vector<Shift> out = candidate_shifts(D, dl, budget_s);
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, LowRank* lowrank);
+
+std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s, LowRank* lowrank) {
+  std::vector<Shift> out = candidate_shifts(D, dl, budget_s, lowrank);
   const Eigen::MatrixXd Z = tangent_basis(D);
   for (size_t k = 0; k < out.size(); ++k) {
     if (k > 0 && dl.passed()) {  // out of time: keep the candidates that have a metric
@@ -926,7 +952,37 @@ std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_
   return out;
 }
 
-std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s) {
+LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::VectorXd& lam,
+                        const std::vector<double>& sc) {
+  const int64_t n = D.n, k = Vk.cols();
+  LowRank f;
+  f.k = k;
+  f.U.resize(n * k);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) f.U[i * k + j] = sc[i] * Vk(i, j) * std::sqrt(std::max(lam(j), 0.0));
+  Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Um(f.U.data(), n, k);
+  const Eigen::MatrixXd UU = Um * Um.transpose();
+  f.c.resize(n);
+  for (int64_t l = 0; l < D.L; ++l) {
+    double worst = 0;
+    for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i) {
+      double rho = 0;
+      for (int64_t q = 0; q < D.L; ++q) {
+        if (q == l) continue;
+        double mn = kInf;
+        for (int64_t j = D.start[q]; j < D.start[q + 1]; ++j) mn = std::min(mn, D.W[i * n + j] - UU(i, j));
+        rho += mn;
+      }
+      f.c[i] = D.d[i] - UU(i, i) + rho;
+      worst = std::max(worst, std::fabs(rho));
+    }
+    f.slack += worst;
+  }
+
+  return f;
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, LowRank* lowrank) {
   const auto t0 = Clock::now();
   const int64_t n = D.n, L = D.L, nt = n - L;
   std::vector<Shift> out;
@@ -1018,30 +1074,46 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
      // measured Hessian form Dw^T H Dw of low rank is recovered with a small diagonal, which
      // keeps the relaxation's loss at fractional points small. Any outcome is valid: the
      // uniform shift on top makes it convex on T.
+    // The rank from a full eigendecomposition, then subspace iteration (Rayleigh-Ritz on
+    // X times the previous top vectors, a few spare): X changes little per step, and a full
+    // eigendecomposition per step would cost O(n^3).
     Eigen::MatrixXd X = correlation_scaled(1.0);
     int64_t rank = -1;
     const double until = budget_s / 3.0;
     bool exact_lowrank = false;
-    for (int it = 0; it < 100; ++it) {
+    Eigen::MatrixXd Vs, Vk;  // the tracked subspace, its top `rank` Ritz vectors
+    Eigen::VectorXd lam;     // their Ritz values, ascending
+    for (int it = 0; it < 200; ++it) {
       if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
-      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
-      if (es.info() != Eigen::Success) break;
-      const Eigen::VectorXd& lam = es.eigenvalues();
-      const double top = lam(n - 1);
-      if (!(top > 0)) break;
-      if (rank < 0) {  // the largest relative eigengap among the top quarter of the spectrum
+      if (rank < 0) {
+        Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
+        if (es.info() != Eigen::Success) break;
+        const Eigen::VectorXd& ev = es.eigenvalues();
+        const double top = ev(n - 1);
+        if (!(top > 0)) break;
+        // the largest relative eigengap among the top quarter of the spectrum
         rank = 1;
         double gap = 0;
         for (int64_t k = 1; k <= std::max<int64_t>(1, n / 4) && k < n; ++k) {
-          const double a = lam(n - k), bb = std::max(lam(n - k - 1), 1e-12 * top);
+          const double a = ev(n - k), bb = std::max(ev(n - k - 1), 1e-12 * top);
           if (a > 0 && a / bb > gap) {
             gap = a / bb;
             rank = k;
           }
         }
+        Vs = es.eigenvectors().rightCols(std::min<int64_t>(n, rank + 4));
+        lam = ev.tail(rank);
+      } else {
+        Eigen::HouseholderQR<Eigen::MatrixXd> qr(X * Vs);
+        const Eigen::MatrixXd Qb = qr.householderQ() * Eigen::MatrixXd::Identity(n, Vs.cols());
+        Eigen::MatrixXd T = Qb.transpose() * X * Qb;
+        Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (T + T.transpose()));
+        if (es.info() != Eigen::Success) break;
+        Vs = Qb * es.eigenvectors();
+        lam = es.eigenvalues().tail(rank);
       }
-      const Eigen::MatrixXd Vk = es.eigenvectors().rightCols(rank);
-      const Eigen::MatrixXd Y = Vk * lam.tail(rank).asDiagonal() * Vk.transpose();
+      Vk = Vs.rightCols(rank);
+      const Eigen::MatrixXd Y = Vk * lam.asDiagonal() * Vk.transpose();
       double change = 0;
       for (int64_t l = 0; l < L; ++l) {
         const int64_t s0 = D.start[l], k = D.size(l);
@@ -1068,7 +1140,10 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
       out.push_back(uniform(B, "lowrank").first);
       if (!dl.passed()) out.push_back(scaled(B, w2, "lowrank-scaled"));
       // A converged completion of low rank: the full-rank completions below only add diagonal.
-      if (exact_lowrank) return out;
+      if (exact_lowrank) {
+        if (lowrank && lam.minCoeff() > 0) *lowrank = low_rank_factor(D, Vk, lam, sc);  // Vk: correlation scale
+        return out;
+      }
     }
   }
   const double alphas[] = {0.0, 0.2, 0.4};
@@ -1107,11 +1182,208 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
   return out;
 }
 
+// The low-rank dual bound. With |y|^2 = max_z 2 z^T y - |z|^2 and the budget rows dualised,
+// for every z in R^k and mu >= 0 (LowRank: f_lr <= objective on one-hot points)
+//     min over the node's configurations >= D(z, mu) = -|z|^2 - mu^T b
+//                                          + sum_l min_{s allowed} (c + 2 U z + A^T mu)_ls,
+// and max D = min of f_lr over the node's polytope (strong duality). D is concave in k + m
+// variables and costs O(n (k + m)) to evaluate, where the QP relaxation iterates on n
+// variables at O(n^2) a step. It is maximised by Newton's method on its smoothing (each min_s
+// replaced by the soft-min at temperature tau, which lies below the min, by at most
+// tau log(choices)), tau shrinking as Newton catches up; every D(z, mu) evaluated is a valid
+// bound. The softmax weights are the relaxed point: branching and rounding use it.
+class DualBound {
+ public:
+  DualBound(const Data& D, const LowRank& F) : D_(D), F_(F), K_(F.k + D.m), p_(D.n, 0.0), v_(D.n, 0.0) {}
+
+  // theta (k + m,) = (z, mu) and tau warm-start the solve and return its best point and last
+  // temperature (empty theta / tau <= 0: start from the data).
+  NodeResult solve(const std::vector<uint32_t>& mask, std::vector<double>& theta, double& tau, double cutoff,
+                   double tol_scale, const Deadline& dl) {
+    NodeResult res;
+    lay_.set(D_, mask);
+    mask_ = &mask;
+    for (int64_t r = 0; r < D_.m; ++r) {  // the cheapest allowed configuration must fit
+      double need = 0;
+      for (int64_t l = 0; l < D_.L; ++l) {
+        double mn = kInf;
+        for (int64_t i = D_.start[l]; i < D_.start[l + 1]; ++i)
+          if (allowed(l, i)) mn = std::min(mn, D_.A[r * D_.n + i]);
+        need += mn;
+      }
+      if (need > D_.b[r]) {
+        res.infeasible = true;
+        res.lb = kInf;
+        return res;
+      }
+    }
+    double log_choices = 0;  // tau * log_choices: the most the smoothing costs
+    for (size_t bl = 0; bl < lay_.blocks.size(); ++bl)
+      log_choices += std::log(double(lay_.bstart[bl + 1] - lay_.bstart[bl]));
+    if (int64_t(theta.size()) != K_) theta.assign(K_, 0.0);
+    if (!(tau > 0)) tau = initial_tau(theta);
+    std::vector<double> best_theta = theta, trial(K_);
+    Eigen::VectorXd g(K_), step(K_);
+    Eigen::MatrixXd H(K_, K_);
+    double best_lb = -kInf;
+    for (int it = 0; it < 400; ++it) {
+      double exact;
+      const double smooth = evaluate(theta, tau, &exact, &g, &H);
+      if (exact > best_lb) {
+        best_lb = exact;
+        best_theta = theta;
+      }
+      if (best_lb >= cutoff) {
+        res.pruned = true;
+        break;
+      }
+      // Newton step on the free coordinates (mu_r at 0 with a falling slope stays at 0).
+      for (int64_t r = 0; r < D_.m; ++r)
+        if (theta[F_.k + r] <= 0 && g(F_.k + r) <= 0) {
+          H.row(F_.k + r).setZero();
+          H.col(F_.k + r).setZero();
+          H(F_.k + r, F_.k + r) = 1;
+          g(F_.k + r) = 0;
+        }
+      H.diagonal() *= 1.0 + 1e-10;  // per coordinate: z and mu differ in scale by decades
+      step = H.ldlt().solve(g);
+      const double decrement = std::max(0.0, g.dot(step));  // the Newton model's gain, times 2
+      const double upper = smooth + 0.5 * decrement + tau * log_choices;  // estimate of max D
+      const double gap = upper - best_lb;
+      if (gap <= 1e-10 * std::max(std::fabs(best_lb), tol_scale) || dl.passed()) break;
+      if (upper < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;  // cannot prune: branch
+      if (0.5 * decrement <= tau) {  // Newton has caught up with this smoothing: sharpen it
+        tau *= 0.1;
+        continue;
+      }
+      double t = 1.0;
+      bool moved = false;
+      for (int ls = 0; ls < 40; ++ls, t *= 0.5) {
+        for (int64_t q = 0; q < K_; ++q) trial[q] = theta[q] + t * step(q);
+        for (int64_t r = 0; r < D_.m; ++r) trial[F_.k + r] = std::max(0.0, trial[F_.k + r]);
+        if (evaluate(trial, tau, nullptr, nullptr, nullptr) >= smooth + 1e-4 * t * decrement) {
+          theta = trial;
+          moved = true;
+          break;
+        }
+      }
+      if (!moved) tau *= 0.1;  // rounding at this temperature: go finer
+    }
+    // The relaxed point at the last temperature, the reduced costs at the best bound.
+    evaluate(theta, tau, nullptr, nullptr, nullptr);
+    point_ = p_;
+    res.x.resize(lay_.vars.size());
+    for (size_t j = 0; j < lay_.vars.size(); ++j) res.x[j] = p_[lay_.vars[j]];
+    evaluate(best_theta, 0.0, nullptr, nullptr, nullptr);
+    res.lb = best_lb;
+    res.rc.resize(lay_.vars.size());
+    for (size_t bl = 0; bl < lay_.blocks.size(); ++bl) {
+      double mn = kInf;
+      for (int64_t j = lay_.bstart[bl]; j < lay_.bstart[bl + 1]; ++j) mn = std::min(mn, v_[lay_.vars[j]]);
+      for (int64_t j = lay_.bstart[bl]; j < lay_.bstart[bl + 1]; ++j) res.rc[j] = v_[lay_.vars[j]] - mn;
+    }
+    theta = best_theta;
+    return res;
+  }
+
+  const Layout& layout() const { return lay_; }
+  const std::vector<double>& point() const { return point_; }  // (n,) the last relaxed point
+
+ private:
+  bool allowed(int64_t l, int64_t i) const { return ((*mask_)[l] >> (i - D_.start[l])) & 1u; }
+
+  // v_ = c + 2 U z + A^T mu; p_ the soft-min weights. Returns the smoothed D (the exact D
+  // when tau = 0); exact, g = grad and H = -Hessian of the smoothed D on request.
+  double evaluate(const std::vector<double>& theta, double tau, double* exact, Eigen::VectorXd* g,
+                  Eigen::MatrixXd* H) {
+    const int64_t k = F_.k, n = D_.n;
+    double base = 0;
+    for (int64_t q = 0; q < k; ++q) base -= theta[q] * theta[q];
+    for (int64_t r = 0; r < D_.m; ++r) base -= theta[k + r] * D_.b[r];
+    if (g) {
+      for (int64_t q = 0; q < k; ++q) (*g)(q) = -2.0 * theta[q];
+      for (int64_t r = 0; r < D_.m; ++r) (*g)(k + r) = -D_.b[r];
+      H->setZero();
+      for (int64_t q = 0; q < k; ++q) (*H)(q, q) = 2.0;
+    }
+    Eigen::VectorXd phi(K_), mean(K_);
+    Eigen::MatrixXd second(K_, K_);
+    double smooth = base, ex = base;
+    for (int64_t l = 0; l < D_.L; ++l) {
+      double mn = kInf;
+      for (int64_t i = D_.start[l]; i < D_.start[l + 1]; ++i) {
+        if (!allowed(l, i)) continue;
+        const double* u = &F_.U[i * k];
+        double v = F_.c[i];
+        for (int64_t q = 0; q < k; ++q) v += 2.0 * u[q] * theta[q];
+        for (int64_t r = 0; r < D_.m; ++r) v += theta[k + r] * D_.A[r * n + i];
+        v_[i] = v;
+        mn = std::min(mn, v);
+      }
+      ex += mn;
+      if (!(tau > 0)) {
+        smooth += mn;
+        continue;
+      }
+      double Z = 0;
+      for (int64_t i = D_.start[l]; i < D_.start[l + 1]; ++i)
+        if (allowed(l, i)) Z += (p_[i] = std::exp(-(v_[i] - mn) / tau));
+      smooth += mn - tau * std::log(Z);
+      if (!g) {
+        for (int64_t i = D_.start[l]; i < D_.start[l + 1]; ++i) p_[i] = allowed(l, i) ? p_[i] / Z : 0.0;
+        continue;
+      }
+      mean.setZero();
+      second.setZero();
+      for (int64_t i = D_.start[l]; i < D_.start[l + 1]; ++i) {
+        if (!allowed(l, i)) {
+          p_[i] = 0;
+          continue;
+        }
+        p_[i] /= Z;
+        for (int64_t q = 0; q < k; ++q) phi(q) = 2.0 * F_.U[i * k + q];
+        for (int64_t r = 0; r < D_.m; ++r) phi(k + r) = D_.A[r * n + i];
+        mean += p_[i] * phi;
+        second.noalias() += p_[i] * phi * phi.transpose();
+      }
+      *g += mean;
+      *H += (second - mean * mean.transpose()) / tau;
+    }
+    if (exact) *exact = ex;
+    return smooth;
+  }
+
+  // A temperature at the scale of the spread of each layer's costs at theta.
+  double initial_tau(const std::vector<double>& theta) {
+    double ex;
+    evaluate(theta, 0.0, &ex, nullptr, nullptr);
+    double spread = 0;
+    for (int64_t l = 0; l < D_.L; ++l) {
+      double mn = kInf, mx = -kInf;
+      for (int64_t i = D_.start[l]; i < D_.start[l + 1]; ++i)
+        if (allowed(l, i)) {
+          mn = std::min(mn, v_[i]);
+          mx = std::max(mx, v_[i]);
+        }
+      spread += mx - mn;
+    }
+    return std::max(spread / double(D_.L), 1e-300);
+  }
+
+  const Data& D_;
+  const LowRank& F_;
+  const int64_t K_;
+  Layout lay_;
+  const std::vector<uint32_t>* mask_ = nullptr;
+  std::vector<double> p_, v_, point_;
+};
+
 struct Node {
   std::vector<uint32_t> mask;
   double lb;
   int64_t id;
   std::shared_ptr<const std::vector<double>> warm;  // (n,) the parent's relaxed point
+  std::shared_ptr<const std::vector<double>> dual;  // low-rank dual: the parent's (z, mu) and tau
 };
 struct NodeOrder {
   bool operator()(const Node& a, const Node& b) const {
@@ -1697,7 +1969,8 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
                                                    : IQPStatus::kNodeLimit;
     return res;
   }
-  const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit);
+  LowRank lowrank;
+  const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit, &lowrank);
   std::vector<uint32_t> root_mask(L);
   for (int64_t l = 0; l < L; ++l)
     root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
@@ -1713,7 +1986,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   // A short solve of each candidate picks one; only that one is solved to convergence.
   for (size_t k = 0; k < shifts.size(); ++k) {
     relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
-    NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
+    NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, kNodePatience, dl);
     nodes = 1;  // the root counts once, whatever the number of candidates
     if (k == 0 || r.lb > root.lb || r.infeasible) {
       root = std::move(r);
@@ -1721,16 +1994,36 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     }
     if (root.infeasible || root.pruned) break;
   }
-  Relaxation& R = *relax[which];  // its layout is the root's: expand() reads it
-  if (!root.infeasible && !root.pruned) {
+  Relaxation& R = *relax[which];
+  const Layout* root_layout = &R.layout();
+  // The low-rank dual, when the completion converged: kept when its (converged) bound is at
+  // least the candidates' short solves; otherwise the chosen shift is solved to convergence.
+  std::unique_ptr<DualBound> dual;
+  std::vector<double> root_dual;
+  if (lowrank.k > 0 && !root.infeasible && !root.pruned) {
+    auto db = std::make_unique<DualBound>(D, lowrank);
+    std::vector<double> theta;
+    double tau = 0;
+    NodeResult r = db->solve(root_mask, theta, tau, cutoff_of(best_obj), tol_scale, dl);
+    // (the dual stops early once it knows the root cannot be pruned: allow for that)
+    if (r.infeasible || r.lb >= root.lb - kBranchTol * std::max(0.0, cutoff_of(best_obj) - root.lb)) {
+      r.lb = std::max(r.lb, root.lb);
+      root = std::move(r);
+      dual = std::move(db);
+      root_layout = &dual->layout();
+      root_dual = theta;
+      root_dual.push_back(tau);
+    }
+  }
+  if (!dual && !root.infeasible && !root.pruned) {
     std::vector<double> warm(D.n, 0.0);
-    for (size_t j = 0; j < R.vars().size(); ++j) warm[R.vars()[j]] = root.x[j];
-    NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
+    for (size_t j = 0; j < R.layout().vars.size(); ++j) warm[R.layout().vars[j]] = root.x[j];
+    NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, kRootPatience, dl);
     r.lb = std::max(r.lb, root.lb);
     root = std::move(r);
   }
   res.root_bound = root.lb;
-  res.relaxation = shifts[which].kind;
+  res.relaxation = dual ? "lowrank-dual" : shifts[which].kind;
   // A root bound this far below the incumbent gives branching little chance: more local
   // search first (until six rounds in a row find nothing better, or 80 % of the time limit).
   if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - root.lb > 0.5 * denom(best_obj))
@@ -1746,15 +2039,17 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   Search rs(D);
   std::vector<int32_t> cand(L);
 
-  // Processes a node whose relaxation `nr` was solved on `mask` by R (R's layout is current).
-  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr) {
+  // Processes a node whose relaxation `nr` was solved on `mask` with layout `lay`; `dual_state`
+  // is its low-rank dual point, handed to the children.
+  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr, const Layout& lay,
+                    std::shared_ptr<const std::vector<double>> dual_state) {
     if (nr.infeasible || nr.pruned) {
       discard(nr.lb);
       return;
     }
-    const auto& vars = R.vars();
-    const auto& blocks = R.blocks();
-    const auto& bstart = R.bstart();
+    const auto& vars = lay.vars;
+    const auto& blocks = lay.blocks;
+    const auto& bstart = lay.bstart;
     if (vars.empty()) {  // a leaf: every layer fixed and the budget met
       for (int64_t l = 0; l < L; ++l) {
         int64_t s = 0;
@@ -1821,7 +2116,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     auto warm = std::make_shared<std::vector<double>>(D.n, 0.0);
     for (size_t j = 0; j < vars.size(); ++j) (*warm)[vars[j]] = nr.x[j];
     if (branch < 0) {  // fixing left one choice per layer: one child, a leaf
-      queue.push(Node{std::move(mask), nr.lb, next_id++, warm});
+      queue.push(Node{std::move(mask), nr.lb, next_id++, warm, dual_state});
       return;
     }
     size_t bl = 0;
@@ -1829,13 +2124,14 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
       const int64_t s = vars[j] - D.start[branch];
       if (!((mask[branch] >> s) & 1u)) continue;
-      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm};
+      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm, dual_state};
       ch.mask[branch] = 1u << s;
       queue.push(std::move(ch));
     }
   };
 
-  expand(root_mask, root);
+  expand(root_mask, root, *root_layout,
+         root_dual.empty() ? nullptr : std::make_shared<const std::vector<double>>(root_dual));
   while (!queue.empty()) {
     if (queue.top().lb >= cutoff_of(best_obj)) {
       discard(queue.top().lb);
@@ -1852,10 +2148,35 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     }
     Node nd = queue.top();
     queue.pop();
-    NodeResult nr = R.solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff_of(best_obj), tol_scale, 600, dl);
+    const double cutoff = cutoff_of(best_obj);
+    NodeResult nr;
+    const Layout* lay = &R.layout();
+    std::shared_ptr<const std::vector<double>> dual_state;
+    if (dual) {
+      std::vector<double> theta;
+      double tau = 0;
+      if (nd.dual) {  // the parent's point, a little warmer: the child's optimum moved
+        theta.assign(nd.dual->begin(), nd.dual->end() - 1);
+        tau = 10.0 * nd.dual->back();
+      }
+      nr = dual->solve(nd.mask, theta, tau, cutoff, tol_scale, dl);
+      lay = &dual->layout();
+      theta.push_back(tau);
+      dual_state = std::make_shared<const std::vector<double>>(std::move(theta));
+      if (!nr.infeasible && !nr.pruned && nr.lb + lowrank.slack >= cutoff) {
+        // Only the residual term (rho) may keep this node: the exact QP relaxation decides.
+        NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, kNodePatience, dl);
+        if (q.infeasible || q.pruned || q.lb > nr.lb) {
+          nr = std::move(q);
+          lay = &R.layout();
+        }
+      }
+    } else {
+      nr = R.solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, kNodePatience, dl);
+    }
     ++nodes;
     if (!nr.infeasible && !nr.pruned) nr.lb = std::max(nr.lb, nd.lb);
-    expand(std::move(nd.mask), nr);  // (a relaxation cut short by the deadline is still a bound)
+    expand(std::move(nd.mask), nr, *lay, dual_state);  // (a relaxation cut short by the deadline is still a bound)
   }
 
   // ---- result -------------------------------------------------------------------------------
