@@ -925,6 +925,29 @@ void set_metric(const Data& D, const Eigen::MatrixXd& Z, Shift& s) {
   for (int64_t i = 0; i < n; ++i) s.m[i] = 2.0 * lam * (1 + 1e-9) * sig[i];
 }
 
+// Gs in correlation scale: entries over sc_i sc_j, sc = sqrt|d| (PSD-ness and rank do not
+// change under diagonal scaling, and layers' loss scales span decades).
+struct CorrelationScale {
+  std::vector<double> sc, w2;  // (n,) sqrt|d| and |d|, floored at 1e-9 max|d|
+
+  explicit CorrelationScale(const Data& D) : sc(D.n), w2(D.n) {
+    double dmax = 0;
+    for (int64_t i = 0; i < D.n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
+    for (int64_t i = 0; i < D.n; ++i) {
+      w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
+      sc[i] = std::sqrt(w2[i]);
+    }
+  }
+  // W with the diagonal diag_factor * d, scaled.
+  Eigen::MatrixXd matrix(const Data& D, double diag_factor) const {
+    const int64_t n = D.n;
+    Eigen::MatrixXd X(n, n);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) X(i, j) = (i == j ? diag_factor * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
+    return X;
+  }
+};
+
 // The converged low-rank completion as a factor: Q_lr = U U^T matches W off the within-layer
 // blocks up to a residual R = W - U U^T (float32 rounding of a low-rank G). On the simplex
 // product x^T R x >= rho^T x, rho_ls = sum_{k != l} min_t R(ls, kt), so
@@ -936,21 +959,6 @@ struct LowRank {
   std::vector<double> c;  // (n,)
   double slack = 0;       // sum_l max_s |rho_ls|: how much rho can cost a bound
 };
-
-std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, LowRank* lowrank);
-
-std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s, LowRank* lowrank) {
-  std::vector<Shift> out = candidate_shifts(D, dl, budget_s, lowrank);
-  const Eigen::MatrixXd Z = tangent_basis(D);
-  for (size_t k = 0; k < out.size(); ++k) {
-    if (k > 0 && dl.passed()) {  // out of time: keep the candidates that have a metric
-      out.resize(k);
-      break;
-    }
-    set_metric(D, Z, out[k]);
-  }
-  return out;
-}
 
 LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::VectorXd& lam,
                         const std::vector<double>& sc) {
@@ -982,7 +990,122 @@ LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::V
   return f;
 }
 
-std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, LowRank* lowrank) {
+// Low-rank completion (hard impute, in correlation scale): the within-layer blocks, their
+// diagonal included (capped at diag(Gs): the rest moves to the linear term), are refilled from
+// the best rank-k approximation, k at the largest relative eigengap. A measured Hessian form
+// Dw^T H Dw of low rank is recovered with a small diagonal, which keeps the relaxation's loss
+// at fractional points small. Any outcome is valid: a uniform shift on top makes it convex.
+struct Completion {
+  CorrelationScale scale;
+  int64_t rank = 0;    // 0: none was found
+  bool exact = false;  // converged: the blocks agree with a rank-`rank` matrix
+  Eigen::MatrixXd B;   // (n, n) the completed within-layer blocks (zero elsewhere)
+  LowRank factor;      // when exact
+
+  explicit Completion(const Data& D) : scale(D) {}
+};
+
+// Top eigenpairs of the symmetric X: the q largest Ritz pairs (ascending) of a subspace
+// iteration from a fixed start, `iters` multiplications by X. O(n^2 q) a step where a full
+// eigendecomposition costs O(n^3).
+void top_ritz(const Eigen::MatrixXd& X, Eigen::MatrixXd& V, Eigen::VectorXd& lam, int iters) {
+  const int64_t n = X.rows(), q = V.cols();
+  for (int it = 0; it < iters; ++it) {
+    Eigen::HouseholderQR<Eigen::MatrixXd> qr(X * V);
+    V = qr.householderQ() * Eigen::MatrixXd::Identity(n, q);
+  }
+  const Eigen::MatrixXd T = V.transpose() * X * V;
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (T + T.transpose()));
+  V = V * es.eigenvectors();
+  lam = es.eigenvalues();
+}
+
+Completion complete_low_rank(const Data& D, const Deadline& dl, double budget_s) {
+  const auto t0 = Clock::now();
+  const int64_t n = D.n, L = D.L;
+  Completion comp(D);
+  const std::vector<double>& sc = comp.scale.sc;
+  const std::vector<double>& w2 = comp.scale.w2;
+  Eigen::MatrixXd X = comp.scale.matrix(D, 1.0);
+  // The rank at the largest relative eigengap among the top quarter of the spectrum (a full
+  // eigendecomposition up to n = 160, then the top 48 Ritz values), then subspace iteration:
+  // X changes little per step.
+  Eigen::MatrixXd Vs;  // the tracked subspace: the rank's vectors and a few spare, ascending
+  Eigen::VectorXd ev;
+  if (n <= 160) {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
+    if (es.info() != Eigen::Success) return comp;
+    Vs = es.eigenvectors();
+    ev = es.eigenvalues();
+  } else {
+    uint64_t seed = 7;
+    Vs.resize(n, 48);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < 48; ++j) Vs(i, j) = double(splitmix64(seed) >> 11) * 0x1.0p-53 - 0.5;
+    top_ritz(X, Vs, ev, 6);
+  }
+  const int64_t m = ev.size();
+  const double top = ev(m - 1);
+  if (!(top > 0)) return comp;
+  int64_t rank = 1;
+  double gap = 0;
+  for (int64_t k = 1; k <= std::min<int64_t>(std::max<int64_t>(1, n / 4), m - 4) && k < m; ++k) {
+    const double a = ev(m - k), bb = std::max(ev(m - k - 1), 1e-12 * top);
+    if (a > 0 && a / bb > gap) {
+      gap = a / bb;
+      rank = k;
+    }
+  }
+  Vs = Vs.rightCols(std::min<int64_t>(m, rank + 4)).eval();
+  Eigen::VectorXd lam;
+  for (int it = 0; it < 200; ++it) {
+    if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > budget_s) break;
+    top_ritz(X, Vs, lam, 1);
+    const Eigen::MatrixXd Vk = Vs.rightCols(rank);
+    const Eigen::VectorXd lk = lam.tail(rank);
+    double change = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t s0 = D.start[l], k = D.size(l);
+      for (int64_t i = s0; i < s0 + k; ++i)
+        for (int64_t j = s0; j < s0 + k; ++j) {
+          double v = (Vk.row(i).array() * lk.transpose().array() * Vk.row(j).array()).sum();
+          if (i == j) v = std::min(std::max(v, 0.0), D.d[i] / w2[i]);
+          change = std::max(change, std::fabs(v - X(i, j)));
+          X(i, j) = v;
+        }
+    }
+    comp.rank = rank;
+    if (change < 1e-7) {
+      comp.exact = true;
+      if (lk.minCoeff() > 0) comp.factor = low_rank_factor(D, Vk, lk, sc);
+      break;
+    }
+  }
+  if (comp.rank > 0) {
+    comp.B = Eigen::MatrixXd::Zero(n, n);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i)
+        for (int64_t j = D.start[l]; j < D.start[l + 1]; ++j) comp.B(i, j) = X(i, j) * sc[i] * sc[j];
+  }
+  return comp;
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp);
+
+std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp) {
+  std::vector<Shift> out = candidate_shifts(D, dl, budget_s, comp);
+  const Eigen::MatrixXd Z = tangent_basis(D);
+  for (size_t k = 0; k < out.size(); ++k) {
+    if (k > 0 && dl.passed()) {  // out of time: keep the candidates that have a metric
+      out.resize(k);
+      break;
+    }
+    set_metric(D, Z, out[k]);
+  }
+  return out;
+}
+
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp) {
   const auto t0 = Clock::now();
   const int64_t n = D.n, L = D.L, nt = n - L;
   std::vector<Shift> out;
@@ -1053,106 +1176,21 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     for (int64_t i = 0; i < n; ++i) rs[i] = std::max(rs[i], 1e-3 * smax);
     out.push_back(scaled(B0, rs, "scaled"));
   }
-  // Gs in correlation scale (entries over sc_i sc_j, sc = sqrt|d|), the diagonal times diag_factor.
-  std::vector<double> sc(n), w2(n);
-  double dmax = 0;
-  for (int64_t i = 0; i < n; ++i) dmax = std::max(dmax, std::fabs(D.d[i]));
-  for (int64_t i = 0; i < n; ++i) {
-    w2[i] = std::max(std::fabs(D.d[i]), 1e-9 * dmax + 1e-300);
-    sc[i] = std::sqrt(w2[i]);
+  if (comp.rank > 0) {
+    out.push_back(uniform(comp.B, "lowrank").first);
+    if (!dl.passed()) out.push_back(scaled(comp.B, comp.scale.w2, "lowrank-scaled"));
+    // A converged completion of low rank: the full-rank completions below only add diagonal.
+    if (comp.exact) return out;
   }
-  auto correlation_scaled = [&](double diag_factor) {
-    Eigen::MatrixXd X(n, n);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j)
-        X(i, j) = (i == j ? diag_factor * D.d[i] : D.W[i * n + j]) / (sc[i] * sc[j]);
-    return X;
-  };
-  {  // Low-rank completion (hard impute, in correlation scale): the within-layer blocks, their
-     // diagonal included (capped at diag(Gs): the rest moves to the linear term), are refilled
-     // from the best rank-k approximation, k = the eigenvalues above 1 % of the largest. A
-     // measured Hessian form Dw^T H Dw of low rank is recovered with a small diagonal, which
-     // keeps the relaxation's loss at fractional points small. Any outcome is valid: the
-     // uniform shift on top makes it convex on T.
-    // The rank from a full eigendecomposition, then subspace iteration (Rayleigh-Ritz on
-    // X times the previous top vectors, a few spare): X changes little per step, and a full
-    // eigendecomposition per step would cost O(n^3).
-    Eigen::MatrixXd X = correlation_scaled(1.0);
-    int64_t rank = -1;
-    const double until = budget_s / 3.0;
-    bool exact_lowrank = false;
-    Eigen::MatrixXd Vs, Vk;  // the tracked subspace, its top `rank` Ritz vectors
-    Eigen::VectorXd lam;     // their Ritz values, ascending
-    for (int it = 0; it < 200; ++it) {
-      if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
-      if (rank < 0) {
-        Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
-        if (es.info() != Eigen::Success) break;
-        const Eigen::VectorXd& ev = es.eigenvalues();
-        const double top = ev(n - 1);
-        if (!(top > 0)) break;
-        // the largest relative eigengap among the top quarter of the spectrum
-        rank = 1;
-        double gap = 0;
-        for (int64_t k = 1; k <= std::max<int64_t>(1, n / 4) && k < n; ++k) {
-          const double a = ev(n - k), bb = std::max(ev(n - k - 1), 1e-12 * top);
-          if (a > 0 && a / bb > gap) {
-            gap = a / bb;
-            rank = k;
-          }
-        }
-        Vs = es.eigenvectors().rightCols(std::min<int64_t>(n, rank + 4));
-        lam = ev.tail(rank);
-      } else {
-        Eigen::HouseholderQR<Eigen::MatrixXd> qr(X * Vs);
-        const Eigen::MatrixXd Qb = qr.householderQ() * Eigen::MatrixXd::Identity(n, Vs.cols());
-        Eigen::MatrixXd T = Qb.transpose() * X * Qb;
-        Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(0.5 * (T + T.transpose()));
-        if (es.info() != Eigen::Success) break;
-        Vs = Qb * es.eigenvectors();
-        lam = es.eigenvalues().tail(rank);
-      }
-      Vk = Vs.rightCols(rank);
-      const Eigen::MatrixXd Y = Vk * lam.asDiagonal() * Vk.transpose();
-      double change = 0;
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t s0 = D.start[l], k = D.size(l);
-        for (int64_t i = s0; i < s0 + k; ++i)
-          for (int64_t j = s0; j < s0 + k; ++j) {
-            double v = 0.5 * (Y(i, j) + Y(j, i));
-            if (i == j) v = std::min(std::max(v, 0.0), D.d[i] / w2[i]);
-            change = std::max(change, std::fabs(v - X(i, j)));
-            X(i, j) = v;
-          }
-      }
-      if (change < 1e-7) {
-        exact_lowrank = true;
-        break;
-      }
-    }
-    if (rank > 0) {
-      Eigen::MatrixXd B = Eigen::MatrixXd::Zero(n, n);
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t s0 = D.start[l], k = D.size(l);
-        for (int64_t i = s0; i < s0 + k; ++i)
-          for (int64_t j = s0; j < s0 + k; ++j) B(i, j) = X(i, j) * sc[i] * sc[j];
-      }
-      out.push_back(uniform(B, "lowrank").first);
-      if (!dl.passed()) out.push_back(scaled(B, w2, "lowrank-scaled"));
-      // A converged completion of low rank: the full-rank completions below only add diagonal.
-      if (exact_lowrank) {
-        if (lowrank && lam.minCoeff() > 0) *lowrank = low_rank_factor(D, Vk, lam, sc);  // Vk: correlation scale
-        return out;
-      }
-    }
-  }
+  const std::vector<double>& sc = comp.scale.sc;
+  const std::vector<double>& w2 = comp.scale.w2;
   const double alphas[] = {0.0, 0.2, 0.4};
   for (int ai = 0; ai < 3 && !dl.passed(); ++ai) {
     const double alpha = alphas[ai];
     const double until = budget_s * double(ai + 1) / 3.0;
     // PSD completion of the within-layer blocks, in correlation scale (PSD-ness does not change
     // under diagonal scaling, and layers' loss scales span decades)
-    Eigen::MatrixXd X = correlation_scaled(1 - alpha);
+    Eigen::MatrixXd X = comp.scale.matrix(D, 1 - alpha);
     for (int it = 0; it < 200; ++it) {
       if (dl.passed() || std::chrono::duration<double>(Clock::now() - t0).count() > until) break;
       Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(X);
@@ -1930,10 +1968,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     stall = improved ? 0 : stall + 1;
   }
   };
-  run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.3 * opt.time_limit)), 16, 3);
-  res.warm_objective = best_obj;
-
-  // ---- branch and bound ---------------------------------------------------------------------
+  // ---- bound: the chain dynamic program for banded G, else convex relaxations --------------
   const int bw = bandwidth(D);
   int64_t window_states = 1;
   for (int64_t l = 0; l < L; ++l) {
@@ -1941,7 +1976,18 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     for (int64_t j = std::max<int64_t>(0, l - bw + 1); j <= l; ++j) k *= D.size(j);
     window_states = std::max(window_states, k);
   }
-  if (bw <= 2 && window_states <= 4096) {
+  const bool banded = bw <= 2 && window_states <= 4096;
+  const double shift_budget_s = 0.25 * opt.time_limit;
+  Completion comp(D);
+  if (!banded) comp = complete_low_rank(D, dl, shift_budget_s / 3.0);
+  // The low-rank dual's search rounds its way to better configurations than long local
+  // search does: the local search gets a short start then.
+  const double ils_share = comp.factor.k > 0 ? 0.05 : 0.3;
+  run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(ils_share * opt.time_limit)), 16, 3);
+  res.warm_objective = best_obj;
+
+  // ---- branch and bound ---------------------------------------------------------------------
+  if (banded) {
     auto denom_c = [&](double inc) { return std::max(std::fabs(inc), 1e-9 * std::max(D.gmax, 1e-300)); };
     std::function<double(double)> cut = [&](double inc) {
       return std::isfinite(inc) ? inc - opt.gap_tol * denom_c(inc) : kInf;
@@ -1969,8 +2015,6 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
                                                    : IQPStatus::kNodeLimit;
     return res;
   }
-  LowRank lowrank;
-  const std::vector<Shift> shifts = make_shifts(D, dl, 0.25 * opt.time_limit, &lowrank);
   std::vector<uint32_t> root_mask(L);
   for (int64_t l = 0; l < L; ++l)
     root_mask[l] = D.size(l) == 32 ? 0xFFFFFFFFu : ((1u << D.size(l)) - 1u);
@@ -1978,52 +2022,59 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   auto denom = [&](double inc) { return std::max(std::fabs(inc), 1e-9 * std::max(D.gmax, 1e-300)); };
   auto cutoff_of = [&](double inc) { return std::isfinite(inc) ? inc - opt.gap_tol * denom(inc) : kInf; };
 
-  // Root: solve with each shift, keep the one with the better bound.
-  size_t which = 0;
+  const LowRank& lowrank = comp.factor;
   NodeResult root;
-  int64_t nodes = 0;
-  std::vector<std::unique_ptr<Relaxation>> relax;
-  // A short solve of each candidate picks one; only that one is solved to convergence.
-  for (size_t k = 0; k < shifts.size(); ++k) {
-    relax.push_back(std::make_unique<Relaxation>(D, shifts[k]));
-    NodeResult r = relax.back()->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, kNodePatience, dl);
-    nodes = 1;  // the root counts once, whatever the number of candidates
-    if (k == 0 || r.lb > root.lb || r.infeasible) {
-      root = std::move(r);
-      which = k;
-    }
-    if (root.infeasible || root.pruned) break;
-  }
-  Relaxation& R = *relax[which];
-  const Layout* root_layout = &R.layout();
-  // The low-rank dual, when the completion converged: kept when its (converged) bound is at
-  // least the candidates' short solves; otherwise the chosen shift is solved to convergence.
+  int64_t nodes = 1;  // the root counts once, whatever the number of candidates
+
+  // The QP relaxation: a short root solve of each candidate shift picks one. With the low-rank
+  // dual it is only needed for the nodes that the factor's residual keeps open, so it is built
+  // on the first of those.
   std::unique_ptr<DualBound> dual;
+  std::vector<Shift> shifts;
+  std::unique_ptr<Relaxation> qp;
+  const char* qp_kind = "";
+  auto qp_relaxation = [&]() -> Relaxation& {
+    if (qp) return *qp;
+    shifts = make_shifts(D, dl, shift_budget_s, comp);
+    NodeResult best_root;
+    for (size_t k = 0; k < shifts.size(); ++k) {
+      auto r = std::make_unique<Relaxation>(D, shifts[k]);
+      NodeResult nr = r->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, kNodePatience, dl);
+      if (!qp || nr.lb > best_root.lb || nr.infeasible) {
+        best_root = std::move(nr);
+        qp = std::move(r);
+        qp_kind = shifts[k].kind;
+      }
+      if (best_root.infeasible || best_root.pruned) break;
+    }
+    if (!dual) root = std::move(best_root);
+    return *qp;
+  };
+  const Layout* root_layout = nullptr;
+  // The low-rank dual when the completion converged, else the QP relaxation at the root
+  // (the chosen shift solved to convergence).
   std::vector<double> root_dual;
-  if (lowrank.k > 0 && !root.infeasible && !root.pruned) {
-    auto db = std::make_unique<DualBound>(D, lowrank);
+  if (lowrank.k > 0) {
+    dual = std::make_unique<DualBound>(D, lowrank);
     std::vector<double> theta;
     double tau = 0;
-    NodeResult r = db->solve(root_mask, theta, tau, cutoff_of(best_obj), tol_scale, dl);
-    // (the dual stops early once it knows the root cannot be pruned: allow for that)
-    if (r.infeasible || r.lb >= root.lb - kBranchTol * std::max(0.0, cutoff_of(best_obj) - root.lb)) {
+    root = dual->solve(root_mask, theta, tau, cutoff_of(best_obj), tol_scale, dl);
+    root_layout = &dual->layout();
+    root_dual = theta;
+    root_dual.push_back(tau);
+  } else {
+    Relaxation& R = qp_relaxation();
+    root_layout = &R.layout();
+    if (!root.infeasible && !root.pruned) {
+      std::vector<double> warm(D.n, 0.0);
+      for (size_t j = 0; j < R.layout().vars.size(); ++j) warm[R.layout().vars[j]] = root.x[j];
+      NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, kRootPatience, dl);
       r.lb = std::max(r.lb, root.lb);
       root = std::move(r);
-      dual = std::move(db);
-      root_layout = &dual->layout();
-      root_dual = theta;
-      root_dual.push_back(tau);
     }
   }
-  if (!dual && !root.infeasible && !root.pruned) {
-    std::vector<double> warm(D.n, 0.0);
-    for (size_t j = 0; j < R.layout().vars.size(); ++j) warm[R.layout().vars[j]] = root.x[j];
-    NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, kRootPatience, dl);
-    r.lb = std::max(r.lb, root.lb);
-    root = std::move(r);
-  }
   res.root_bound = root.lb;
-  res.relaxation = dual ? "lowrank-dual" : shifts[which].kind;
+  res.relaxation = dual ? "lowrank-dual" : qp_kind;
   // A root bound this far below the incumbent gives branching little chance: more local
   // search first (until six rounds in a row find nothing better, or 80 % of the time limit).
   if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - root.lb > 0.5 * denom(best_obj))
@@ -2150,7 +2201,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     queue.pop();
     const double cutoff = cutoff_of(best_obj);
     NodeResult nr;
-    const Layout* lay = &R.layout();
+    const Layout* lay = nullptr;
     std::shared_ptr<const std::vector<double>> dual_state;
     if (dual) {
       std::vector<double> theta;
@@ -2165,6 +2216,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       dual_state = std::make_shared<const std::vector<double>>(std::move(theta));
       if (!nr.infeasible && !nr.pruned && nr.lb + lowrank.slack >= cutoff) {
         // Only the residual term (rho) may keep this node: the exact QP relaxation decides.
+        Relaxation& R = qp_relaxation();
         NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, kNodePatience, dl);
         if (q.infeasible || q.pruned || q.lb > nr.lb) {
           nr = std::move(q);
@@ -2172,7 +2224,8 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
         }
       }
     } else {
-      nr = R.solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, kNodePatience, dl);
+      nr = qp->solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, kNodePatience, dl);
+      lay = &qp->layout();
     }
     ++nodes;
     if (!nr.infeasible && !nr.pruned) nr.lb = std::max(nr.lb, nd.lb);
