@@ -2087,7 +2087,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   double closed_lb = kInf;  // smallest bound of everything discarded by the cutoff
   auto discard = [&](double lb) { closed_lb = std::min(closed_lb, lb); };
 
-  Search rs(D);
+  Search rs(D), rt(D);
   std::vector<int32_t> cand(L);
 
   // Processes a node whose relaxation `nr` was solved on `mask` with layout `lay`; `dual_state`
@@ -2130,10 +2130,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     if (rs.repair()) {
       rs.local_search(dl, false);
       if (rs.feasible() && rs.obj < best_obj) {
-        best_obj = rs.obj;
-        best = rs.c;
+        // A new incumbent: polish it with pair moves and compound moves, as the warm start.
         rs.local_search(dl, true);
-        if (rs.obj < best_obj) {
+        for (int pass = 0; pass < 50 && !dl.passed() && compound_pass(rs, rt, dl); ++pass) rs.local_search(dl, true);
+        if (rs.feasible() && rs.obj < best_obj) {
           best_obj = rs.obj;
           best = rs.c;
         }
