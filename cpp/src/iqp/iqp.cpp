@@ -30,7 +30,8 @@
 // Newton's method, O(n (k + m)^2) a step instead of O(n^2) (see DualBound). A node that only
 // the residual of the factor keeps open is decided by the QP relaxation above.
 //
-// Search. Best-first over nodes (per-layer domain bit masks), branching on the layer whose
+// Search. Best-first over nodes (per-layer domain bit masks) with plunging (the child the
+// relaxed point leans to is solved next, until a prune), branching on the layer whose
 // relaxed block is most fractional, one child per remaining choice. Incumbents come from the
 // warm start (greedy + 1-opt / 2-opt local search + compound moves, with perturbation
 // restarts) and from rounding every node's relaxed point followed by a repair and 1-opt.
@@ -1422,10 +1423,12 @@ struct Node {
   int64_t id;
   std::shared_ptr<const std::vector<double>> warm;  // (n,) the parent's relaxed point
   std::shared_ptr<const std::vector<double>> dual;  // low-rank dual: the parent's (z, mu) and tau
+  bool plunge = false;  // the child the search dives into next
 };
 struct NodeOrder {
   bool operator()(const Node& a, const Node& b) const {
-    if (a.lb != b.lb) return a.lb > b.lb;  // smallest bound first
+    if (a.plunge != b.plunge) return b.plunge;  // the dive first
+    if (a.lb != b.lb) return a.lb > b.lb;      // then the smallest bound
     return a.id < b.id;                    // then the newest (dives)
   }
 };
@@ -2172,10 +2175,15 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     }
     size_t bl = 0;
     while (blocks[bl] != branch) ++bl;
+    // Plunging: the child the relaxed point leans to most is solved next, down to a prune or
+    // a leaf (incumbents early), then the search goes back to the smallest bound.
+    int64_t lean = -1;
+    for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j)
+      if (((mask[branch] >> (vars[j] - D.start[branch])) & 1u) && (lean < 0 || nr.x[j] > nr.x[lean])) lean = j;
     for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
       const int64_t s = vars[j] - D.start[branch];
       if (!((mask[branch] >> s) & 1u)) continue;
-      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm, dual_state};
+      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm, dual_state, j == lean};
       ch.mask[branch] = 1u << s;
       queue.push(std::move(ch));
     }
@@ -2234,7 +2242,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
 
   // ---- result -------------------------------------------------------------------------------
   double lb = closed_lb;
-  if (!queue.empty()) lb = std::min(lb, queue.top().lb);
+  for (; !queue.empty(); queue.pop()) lb = std::min(lb, queue.top().lb);  // (the top may be a dive)
   res.nodes = nodes;
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!std::isfinite(best_obj)) {
