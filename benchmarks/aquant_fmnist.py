@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--kl-weight", type=float, default=0.0, help="AQuant's global KL term (lambda_g)")
     ap.add_argument("--num-samples", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="aquant_fmnist.jsonl")
+    ap.add_argument("--out", help="JSON lines file the runs are appended to ('' for none)", default="aquant_fmnist.jsonl")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object with the FP accuracy and every row")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -101,8 +102,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lowbit.set_num_threads(args.threads)
 
-    out = Path(args.out)
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if args.resume and out.exists() else []
+    out = Path(args.out) if args.out else None
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if args.resume and out and out.exists() else []
     done = {(r["method"], r["bits"], r["seed"]) for r in rows}
     fp = None
     for seed in args.seeds:
@@ -115,10 +116,13 @@ def main() -> None:
                     continue
                 row = run_one(task, m, bits, seed, args)
                 rows.append(row)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if out:
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     print(summarise(rows, fp))
+    if args.json:
+        print(json.dumps({"fp": fp, "rows": rows}))
 
 
 if __name__ == "__main__":
