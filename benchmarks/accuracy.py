@@ -28,6 +28,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -159,12 +160,15 @@ def sec_nearest(s: Section, quick: bool) -> None:
 
 
 def sec_adaround(s: Section, quick: bool) -> None:
-    seeds = ["0"] if quick else ["0", "1", "2"]
-    runs = (("layer", ["W3A32", "W2A32"], 500 if quick else 2000, 256 if quick else 1024, "AdaRound (layer-wise)"),
-            ("block", ["W4A4:block", "W2A4:block"], 100 if quick else 200, 256, "AdaRound block + QDrop"))
+    # --quick: one seed, 256 calibration images, the quick task
+    common = ["--quick"] if quick else ["--seeds", "0", "1", "2"]
+    runs = (("layer", ["W3A32", "W2A32"], 500 if quick else 2000, [] if quick else ["--num-calib", "1024"],
+             "AdaRound (layer-wise)"),
+            ("block", ["W4A4:block", "W2A4:block"], 50 if quick else 200, [] if quick else ["--num-calib", "256"],
+             "AdaRound block + QDrop"))
     for mode, settings, iters, calib, label in runs:
-        out = s.run(["benchmarks/adaround_fmnist.py", "--settings", *settings, "--seeds", *seeds, "--iters", str(iters),
-                     "--num-calib", str(calib), "--json"])
+        out = s.run(["benchmarks/adaround_fmnist.py", *common, "--settings", *settings, "--iters", str(iters), *calib,
+                     "--json"])
         rows = []
         for r in out["rows"]:
             n = len(r["seeds"])
@@ -175,15 +179,16 @@ def sec_adaround(s: Section, quick: bool) -> None:
                 s.head("adaround", setting + (" block" if mode == "block" else ""), ada)
             if mode == "layer":
                 s.point("weights", "adaround (layer)", int(setting[1]), ada)
-        s.table(label, f"fmnist-resnet, {fmnist_test_set(False)} (FP {out['fp']:.2f} %), {iters} iterations per "
-                f"{mode}, {calib} calibration images, seeds {' '.join(seeds)}",
+        s.table(label, f"fmnist-resnet, {fmnist_test_set(out['quick_task'])} (FP {out['fp']:.2f} %), {out['iters']} "
+                f"iterations per {mode}, {out['num_calib']} calibration images, seeds {out['rows'][0]['seeds']}",
                 ["setting", "nearest %", f"{label} %", "AdaRound s per run"], rows)
 
 
 def sec_multipoint(s: Section, quick: bool) -> None:
+    # --quick: the quick task; in quick mode per-channel grids and 10 % rows only
     seeds = ["0"] if quick else ["0", "1", "2"]
-    out = s.run(["benchmarks/multipoint_accuracy.py", *(["--quick"] if quick else []), "--seeds", *seeds,
-                 "--threads", "1", "--json"], keep=drop("rows"))
+    small = ["--quick", "--granularity", "channel", "--overhead", "0.1"] if quick else []
+    out = s.run(["benchmarks/multipoint_accuracy.py", *small, "--seeds", *seeds, "--threads", "1", "--json"])
     cells = {(t["w_bits"], t["granularity"], t["overhead"], t["method"]): t for t in out["summary"]["table"]}
     variants = ("multipoint", "random", "+1 bit", "+1 bit eq")
     rows = []
@@ -200,9 +205,8 @@ def sec_multipoint(s: Section, quick: bool) -> None:
                 s.head("multipoint", "W2A32 per-channel + 10 % rows", acc["multipoint"])
                 s.head("multipoint", "nearest", near["accuracy"])
             s.point("weights", "multipoint (+10 % rows)", t["effective_bits"], acc["multipoint"])
-    fp = out["rows"][0]["fp_metric"] if "rows" in out else None
-    s.table("fmnist-resnet, weights only", f"{fmnist_test_set(quick)}" + (f" (FP {fp:.2f} %)" if fp else "")
-            + f", seeds {' '.join(seeds)}",
+    s.table("fmnist-resnet, weights only", f"{fmnist_test_set(quick)} (FP {out['rows'][0]['fp_metric']:.2f} %), "
+            f"seeds {' '.join(seeds)}",
             ["W, grid", "extra rows", "nearest %", "multipoint %", "random channels %", "+1 bit (same channels) %",
              "+1 bit eq (equal extra bytes) %", "multipoint effective bits", "multipoint weight bytes"], rows,
             "random: the same number of points on random channels; +1 bit: the chosen channels at b+1 bits; "
@@ -211,14 +215,15 @@ def sec_multipoint(s: Section, quick: bool) -> None:
 
 
 def sec_clado(s: Section, quick: bool) -> None:
-    seeds = ["0"] if quick else ["0", "1", "2"]
-
     def keep(out: dict) -> dict:  # the measured G matrices stay out of the stored record
         return {"summary": out["summary"], "runs": [{**r, "study": drop("G", "random")(r["study"])}
                                                     for r in out["runs"]]}
 
-    out = s.run(["benchmarks/clado_fmnist.py", "--seeds", *seeds, "--num-samples", "128", "--json"], keep=keep)
-    sm, n = out["summary"], len(seeds)
+    # --quick: one seed, 128 samples, 20 random allocations, the quick task
+    args = ["--quick"] if quick else ["--seeds", "0", "1", "2", "--num-samples", "128"]
+    out = s.run(["benchmarks/clado_fmnist.py", *args, "--json"], keep=keep)
+    sm = out["summary"]
+    n = len(sm["seeds"])
     kinds = ("clado", "diagonal", "uniform", "oracle")
     kinds = tuple(k for k in kinds if f"acc_{k}_4" in sm)
     rows = []
@@ -233,19 +238,19 @@ def sec_clado(s: Section, quick: bool) -> None:
                              "seed": out["runs"][0]["seed"]}
     s.extra["fp"] = out["runs"][0]["fp"]
     names = {"clado": "CLADO %", "diagonal": "diagonal only %", "uniform": "uniform %", "oracle": "exhaustive oracle %"}
-    s.table("fmnist-resnet, mixed precision", f"{fmnist_test_set(False)} (FP {s.extra['fp']:.2f} %), weights "
-            f"{{2, 4, 8}} on the {sm['layers']} searched layers, A8, KL to the FP outputs on {sm['num_samples']} "
-            f"samples, seeds {' '.join(seeds)}", ["avg weight bits", *(names[k] for k in kinds)], rows,
+    s.table("fmnist-resnet, mixed precision", f"{fmnist_test_set(sm['quick_task'])} (FP {s.extra['fp']:.2f} %), "
+            f"weights {{2, 4, 8}} on the {sm['layers']} searched layers, A8, KL to the FP outputs on "
+            f"{sm['num_samples']} samples, seeds {sm['seeds']}", ["avg weight bits", *(names[k] for k in kinds)], rows,
             f"Spearman correlation of predicted and measured loss change over random allocations: pairwise "
             f"{fmt(stat_of(sm['spearman_pairs'], n))}, diagonal {fmt(stat_of(sm['spearman_diag'], n))}. "
             + (sm.get("exhaustive_oracle", "") or ""))
 
 
 def sec_aquant(s: Section, quick: bool) -> None:
-    seeds = ["0"] if quick else ["0", "1", "2"]
-    iters = 100 if quick else 200
-    out = s.run(["benchmarks/aquant_fmnist.py", "--bits", "2", "3", "4", "--seeds", *seeds, "--iters", str(iters),
-                 "--num-samples", "256", "--out", "", "--json"])
+    # --quick: the quick task, one seed
+    args = ["--quick", "--iters", "50"] if quick else ["--seeds", "0", "1", "2", "--iters", "200"]
+    out = s.run(["benchmarks/aquant_fmnist.py", *args, "--bits", "2", "3", "4", "--num-samples", "256", "--out", "",
+                 "--json"])
     rows = []
     for bits in sorted({r["bits"] for r in out["rows"]}):
         acc = {m: {r["seed"]: r["accuracy"] for r in out["rows"] if r["bits"] == bits and r["method"] == m}
@@ -259,8 +264,9 @@ def sec_aquant(s: Section, quick: bool) -> None:
             s.head("aquant", "QDrop", cells["adaround"])
         for m, series in (("adaround", "AdaRound block + QDrop"), ("aquant", "AQuant")):
             s.point("both", series, bits, cells[m])
-    s.table("fmnist-resnet, weights and activations", f"{fmnist_test_set(False)} (FP {out['fp']:.2f} %), {iters} "
-            f"iterations per block, 256 calibration images, seeds {' '.join(seeds)}",
+    seeds = sorted({r["seed"] for r in out["rows"]})
+    s.table("fmnist-resnet, weights and activations", f"{fmnist_test_set(quick)} (FP {out['fp']:.2f} %), "
+            f"{out['rows'][0]['iters']} iterations per block, 256 calibration images, seeds {seeds}",
             ["setting", "nearest %", "AdaRound block + QDrop %", "AQuant %", "AQuant - QDrop (paired)", "AQuant s per run"],
             rows)
 
@@ -296,13 +302,15 @@ def sec_n2uq(s: Section, quick: bool) -> None:
 def sec_pipelines(s: Section, quick: bool) -> None:
     seeds = [0] if quick else [0, 1, 2]
     ada = {"iters": 500} if quick else {"iters": 2000}
-    aq = {"iters": 100 if quick else 200, "num_samples": 256}
-    plans = (  # (label, method, activation bits, stage options, CLADO budget or uniform bits)
+    aq = {"iters": 50 if quick else 200, "num_samples": 256}
+    # quick: CLADO measures adjacent pairs only on 128 samples (its measurements dominate otherwise)
+    clado = {"num_samples": 128, "pairs": "neighbors"} if quick else {}
+    plans = (  # (label, method, activation bits, options, CLADO budget (else uniform bits))
         ("AdaRound, uniform bits", "adaround", 8, ada, False),
-        ("CLADO (nearest rounding)", "clado", 8, None, True),
-        ("CLADO + AdaRound", "clado+adaround", 8, {"adaround": ada}, True),
+        ("CLADO (nearest rounding)", "clado", 8, clado, True),
+        ("CLADO + AdaRound", "clado+adaround", 8, {"clado": clado, "adaround": ada}, True),
         ("AQuant, uniform bits", "aquant", 4, aq, False),
-        ("CLADO + AQuant", "clado+aquant", 4, {"aquant": aq}, True),
+        ("CLADO + AQuant", "clado+aquant", 4, {"clado": clado, "aquant": aq}, True),
     )
     rows = []
     for label, method, a, options, budget in plans:
@@ -314,7 +322,9 @@ def sec_pipelines(s: Section, quick: bool) -> None:
                          recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
     s.table("fmnist-resnet, CLADO's bits rounded by a learned method",
             f"{fmnist_test_set(quick)} (FP {recs[0]['fp_metric']:.2f} %), seeds {seeds}; CLADO: weights {{2, 4, 8}}, "
-            f"budget of average weight bits over the searched layers, its defaults otherwise; AdaRound layer-wise "
+            f"budget of average weight bits over the searched layers, "
+            + (f"options {json.dumps(clado)}" if clado else "its defaults (every pair, 256 samples)")
+            + "; AdaRound layer-wise "
             f"{ada['iters']} iterations; AQuant {aq['iters']} iterations per block, {aq['num_samples']} calibration "
             "images",
             ["method", "setting", "accuracy %", "effective bits", "weight bytes", "quantization s"], rows,
@@ -323,9 +333,10 @@ def sec_pipelines(s: Section, quick: bool) -> None:
 
 def sec_models(s: Section, quick: bool) -> None:
     seeds = [0] if quick else [0, 1, 2]
-    iters = 200 if quick else 1000
-    plans = (("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, {"bias_correction": True}),
-             ("nearest", 4, {"bias_correction": True}), ("adaround", 4, {"iters": iters}))
+    bc = {"bias_correction": True}
+    plans = ((("nearest", 8, None), ("nearest", 8, bc), ("adaround", 4, {"iters": 200})) if quick else
+             (("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc),
+              ("adaround", 4, {"iters": 1000})))
     for model, metric, agreement in (("mobilenet_v2", "probe accuracy %", "photo top-1 agreement with FP %"),
                                      ("minilm", "Recall@1 %", "cosine to FP x 100")):
         rows, fp = [], None
@@ -510,6 +521,7 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         "# Measured results", "",
         "<!-- Generated by benchmarks/accuracy.py from docs/results/<quick|full>/*.json: edit the script, "
         "not this page. -->", "",
+        textwrap.fill(
         "Every figure here was printed by the command above its table and stored, with the date, commit, "
         "machine, wall time and load average of the run, in `docs/results/<quick|full>/<section>.json`. "
         "`python benchmarks/accuracy.py --quick` (`make results`) measures every section with small settings "
@@ -518,7 +530,7 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         "page and the README's methods table from the stored files. Each section shows its full run where one "
         "is stored, else the quick one, and its heading says which. Accuracy does not depend on the machine or "
         "the thread count; wall times do, and the machine was shared (the load average is given with each).",
-        "",
+        100), "",
         "| section | shown | wall s |", "|---|---|---|",
         *(f"| [{name}](#{anchor(SECTIONS[name][1], records.get(name))}) | "
           + (f"{modes[name]} ({records[name]['date']})" if name in records else "not measured") + " | "
@@ -546,9 +558,9 @@ def readme_block(records: dict[str, dict]) -> str:
     fp = records.get("nearest", {}).get("fp")
     fp_text = f"FP32 {fmt(fp)} on the nearest table's test set; " if fp is not None else ""
     lines = [BEGIN,
-             f"Headline figures: fmnist-resnet test accuracy (%, {fp_text}mean +- std over calibration seeds, "
-             "n=1 where one seed), generated by `python benchmarks/accuracy.py` with each command, setting and "
-             "wall time in `docs/results.md`.", "",
+             textwrap.fill(f"Headline figures: fmnist-resnet test accuracy (%, {fp_text}mean +- std over "
+                           "calibration seeds, n=1 where one seed), generated by `python benchmarks/accuracy.py`, "
+                           "with each command, setting and wall time in `docs/results.md`.", 100), "",
              "| method | what it does | fmnist-resnet, headline setting | page |", "|---|---|---|---|"]
     for method, (what, page) in METHODS.items():
         figures = "; ".join(heads.get(method, [])) or "not measured yet"

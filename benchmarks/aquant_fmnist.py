@@ -7,7 +7,7 @@ run is appended to ``--out`` (JSON lines) at once, so an interrupted sweep keeps
 ``--resume`` skips what is there.
 
 Usage: ``python benchmarks/aquant_fmnist.py --bits 2 3 4 --seeds 0 1 2 --iters 1000``
-(``--quick``: 1 seed, W2A2, 100 iterations, the quick task).
+(``--quick``: the quick task; unless given, 1 seed, W2A2, 100 iterations).
 """
 
 from __future__ import annotations
@@ -81,10 +81,10 @@ def summarise(rows: list[dict], fp: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--bits", type=int, nargs="+", default=None, help="default 2 3 4 (--quick: 2)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--iters", type=int, default=1000)
+    ap.add_argument("--iters", type=int, default=None, help="default 1000 (--quick: 100)")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--reg-lambda", type=float, default=0.01)
     ap.add_argument("--act-lr", type=float, default=4e-5)
@@ -97,8 +97,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="last line: one JSON object with the FP accuracy and every row")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    if args.quick:
-        args.bits, args.seeds, args.iters = [2], [0], 100
+    args.bits = args.bits or ([2] if args.quick else [2, 3, 4])
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.iters = args.iters or (100 if args.quick else 1000)
     torch.set_num_threads(args.threads)
     lowbit.set_num_threads(args.threads)
 
