@@ -11,7 +11,7 @@ BUILD_DEPS  := "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.18" ninja
 NATIVE_SRC  := $(shell find cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean apt photos
+.PHONY: setup demo test lint bench results clean apt photos
 
 setup: apt $(VENV)/.lowbit
 
@@ -69,8 +69,15 @@ test: setup
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Each benchmark's quick run (accuracy.py, which runs the others and rewrites the docs, is `make results`).
 bench: setup
-	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
+	for b in $(filter-out benchmarks/accuracy.py,$(wildcard benchmarks/*.py)); do $(PY) $$b --quick || exit 1; done
+
+# Every method's accuracy with small settings (under 20 minutes on 2 cores): rewrites
+# docs/results.md, docs/results/ and the README's methods table. The full run:
+# `$(PY) benchmarks/accuracy.py` (hours); one section: `--only clado`.
+results: setup
+	$(PY) benchmarks/accuracy.py --quick
 
 clean:
 	rm -rf build dist *.egg-info

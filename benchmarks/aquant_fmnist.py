@@ -7,7 +7,7 @@ run is appended to ``--out`` (JSON lines) at once, so an interrupted sweep keeps
 ``--resume`` skips what is there.
 
 Usage: ``python benchmarks/aquant_fmnist.py --bits 2 3 4 --seeds 0 1 2 --iters 1000``
-(``--quick``: 1 seed, W2A2, 100 iterations, the quick task).
+(``--quick``: the quick task; unless given, 1 seed, W2A2, 100 iterations).
 """
 
 from __future__ import annotations
@@ -81,10 +81,10 @@ def summarise(rows: list[dict], fp: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--bits", type=int, nargs="+", default=None, help="default 2 3 4 (--quick: 2)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--iters", type=int, default=1000)
+    ap.add_argument("--iters", type=int, default=None, help="default 1000 (--quick: 100)")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--reg-lambda", type=float, default=0.01)
     ap.add_argument("--act-lr", type=float, default=4e-5)
@@ -92,17 +92,19 @@ def main() -> None:
     ap.add_argument("--kl-weight", type=float, default=0.0, help="AQuant's global KL term (lambda_g)")
     ap.add_argument("--num-samples", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="aquant_fmnist.jsonl")
+    ap.add_argument("--out", help="JSON lines file the runs are appended to ('' for none)", default="aquant_fmnist.jsonl")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object with the FP accuracy and every row")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    if args.quick:
-        args.bits, args.seeds, args.iters = [2], [0], 100
+    args.bits = args.bits or ([2] if args.quick else [2, 3, 4])
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.iters = args.iters or (100 if args.quick else 1000)
     torch.set_num_threads(args.threads)
     lowbit.set_num_threads(args.threads)
 
-    out = Path(args.out)
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if args.resume and out.exists() else []
+    out = Path(args.out) if args.out else None
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if args.resume and out and out.exists() else []
     done = {(r["method"], r["bits"], r["seed"]) for r in rows}
     fp = None
     for seed in args.seeds:
@@ -115,10 +117,13 @@ def main() -> None:
                     continue
                 row = run_one(task, m, bits, seed, args)
                 rows.append(row)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                if out:
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
     print(summarise(rows, fp))
+    if args.json:
+        print(json.dumps({"fp": fp, "rows": rows}))
 
 
 if __name__ == "__main__":

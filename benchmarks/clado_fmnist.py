@@ -143,7 +143,8 @@ def spearman(a, b) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--quick", action="store_true", help="one seed, 128 samples, 20 random allocations")
+    ap.add_argument("--quick", action="store_true",
+                    help="one seed, 128 samples, 20 random allocations, the quick task (2000 test images)")
     ap.add_argument("--num-samples", type=int, default=256)
     ap.add_argument("--loss", default="kl", choices=["kl", "ce"])
     ap.add_argument("--search", type=int, default=0,
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     budgets = (3.0, 4.0, 5.0)
     runs = []
     for seed in args.seeds:
-        task = zoo.load_task("fmnist-resnet", seed=seed)
+        task = zoo.load_task("fmnist-resnet", seed=seed, quick=args.quick)
         fp = task.evaluate(task.model)["metric"]
         q = lowbit.quantize(task.model, task.calib_loader, "clado-study", w_bits=4, a_bits=8, seed=seed,
                             config={"num_samples": args.num_samples, "loss": args.loss, "seed": seed,
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
     def ms(vals):
         return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
-    summary = {"seeds": args.seeds, "num_samples": args.num_samples, "loss": args.loss,
+    summary = {"seeds": args.seeds, "quick_task": args.quick, "num_samples": args.num_samples, "loss": args.loss,
                "layers": len(runs[0]["study"]["names"])}
     for budget in budgets:
         for kind in ("clado", "diagonal", "uniform", "oracle"):

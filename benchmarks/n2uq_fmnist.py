@@ -114,8 +114,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ft-lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="n2uq_fmnist.jsonl")
+    ap.add_argument("--out", help="JSON lines file the runs are appended to ('' for none)", default="n2uq_fmnist.jsonl")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--json", action="store_true", help="last line: one JSON object with the FP accuracy and every row")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -123,14 +124,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lowbit.set_num_threads(args.threads)
 
-    out = Path(args.out)
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if args.resume and out.exists() else []
+    out = Path(args.out) if args.out else None
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if args.resume and out and out.exists() else []
     done = {(r["method"], r["bits"], r["seed"]) for r in rows}
 
     def emit(row: dict) -> None:
         rows.append(row)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if out:
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
     fp = None
@@ -141,6 +143,8 @@ def main() -> None:
         for bits in args.bits:
             run_seed_bits(task, bits, seed, args, done, emit)
     print(summarise(rows, fp))
+    if args.json:
+        print(json.dumps({"fp": fp, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -38,31 +38,48 @@ def weight_bytes(model) -> int:
     return int(total)
 
 
+def code_bits(model) -> float:
+    """Weight code bits per quantized weight, each layer weighted by its size (the 8-bit first
+    and last layers included): the effective bit width of the codes, scales aside."""
+    from lowbit.quantizers import QuantLayer
+
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    n = sum(m.codes.numel() for m in layers)
+    return sum(m.codes.numel() * m.w_bits for m in layers) / n if n else 32.0
+
+
 def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], seed: int = 0,
              quick: bool = False, progress: bool = True, options: Optional[dict] = None,
              avg_bits: Optional[float] = None) -> dict[str, Any]:
     """Quantize a zoo model with `method` and score it; the record the CLI prints.
 
-    avg_bits sets the budget of the pipeline's CLADO stage (average weight bits)."""
+    method is one method or stages joined by '+' (a pipeline, e.g. "clado+adaround"). options
+    are the method's options; a pipeline's map stage names to theirs, e.g.
+    ``{"adaround": {"iters": 500}}``. avg_bits sets the budget of the clado stage (average
+    weight bits)."""
     import lowbit
     from lowbit import zoo
+    from lowbit.registry import get_method
 
-    stages: list[Any] = method.split("+")
+    names = method.split("+")
+    if avg_bits is not None and "clado" not in names:
+        raise ValueError(f"--avg-bits sets CLADO's budget, but the method {method!r} has no clado stage")
+    if len(names) == 1:
+        per_stage = {method: dict(options)} if options else {}
+    else:
+        per_stage = dict(options or {})
+        stray = [k for k, v in per_stage.items() if k not in names or not isinstance(v, dict)]
+        if stray:
+            raise ValueError(f"a pipeline's options map its stages {names} to their options, e.g. "
+                             f'{{"{names[-1]}": {{"iters": 500}}}}; {stray} is not a stage with a dict of options')
     if avg_bits is not None:
-        if "clado" not in stages:
-            raise ValueError(f"--avg-bits sets CLADO's budget, but the method {method!r} has no clado stage")
-        from lowbit.methods.clado import CladoConfig
-
-        if options and len(stages) > 1:
-            raise ValueError("--options applies to a single method; a pipeline takes no options")
-        stages[stages.index("clado")] = CladoConfig.from_dict({**(options or {}), "avg_bits": float(avg_bits)})
-        options = None
+        per_stage["clado"] = {**per_stage.get("clado", {}), "avg_bits": float(avg_bits)}
+    stages = [get_method(n).config_cls.from_dict(per_stage[n]) if n in per_stage else n for n in names]
     task = zoo.load_task(model_name, seed=seed, quick=quick)
     fp = task.evaluate(task.model)
     t0 = time.perf_counter()
-    qmodel = lowbit.quantize(task.model, task.calib_loader, stages if len(stages) > 1 or avg_bits else method,
-                             w_bits=w_bits, a_bits=a_bits, seed=seed, progress=progress,
-                             config=options or None, **task.quantize_kwargs)
+    qmodel = lowbit.quantize(task.model, task.calib_loader, stages, w_bits=w_bits, a_bits=a_bits, seed=seed,
+                             progress=progress, **task.quantize_kwargs)
     seconds = time.perf_counter() - t0
     q = task.evaluate(qmodel)
     rep = lowbit.report(qmodel)
@@ -72,7 +89,8 @@ def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], s
         "metric_name": task.metric_name, "fp_metric": round(fp["metric"], 3), "metric": round(q["metric"], 3),
         "agreement": round(q["agreement"], 3), "size_bytes": weight_bytes(qmodel),
         "fp_size_bytes": weight_bytes(task.model), "seconds": round(seconds, 2),
-        "avg_bits": round(sum(bits.values()) / len(bits), 3), "bits_per_layer": bits,
+        "avg_bits": round(sum(bits.values()) / len(bits), 3), "effective_bits": round(code_bits(qmodel), 3),
+        "bits_per_layer": bits,
     }
 
 
@@ -161,7 +179,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--avg-bits", type=float, default=None,
                    help="CLADO's budget: average weight bits of the searched layers (needs a clado stage)")
-    p.add_argument("--options", help="method options as JSON, e.g. '{\"iters\": 2000}'")
+    p.add_argument("--options", help="method options as JSON, e.g. '{\"iters\": 2000}'; for a pipeline per stage, "
+                   "e.g. '{\"adaround\": {\"iters\": 500}}'")
     p.add_argument("--quick", action="store_true", help="smaller evaluation subset")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(fn=cmd_eval)

@@ -356,8 +356,13 @@ def test_cli_avg_bits_needs_a_clado_stage(monkeypatch):
             return {"metric": 0.0, "agreement": 0.0}
 
     monkeypatch.setattr(zoo, "load_task", lambda *a, **k: FakeTask)
-    with pytest.raises(ValueError, match="pipeline takes no options"):
+    with pytest.raises(ValueError, match="map its stages"):  # a pipeline's options name their stage
         cli.evaluate("fmnist-resnet", "clado+nearest", 8, 8, avg_bits=3.0, options={"pairs": "neighbors"})
+    with pytest.raises(RuntimeError, match="stop"):
+        cli.evaluate("fmnist-resnet", "clado+adaround", 8, 8, avg_bits=3.0,
+                     options={"clado": {"pairs": "neighbors"}, "adaround": {"iters": 7}})
+    clado_cfg, ada_cfg = seen["method"]
+    assert (clado_cfg.avg_bits, clado_cfg.pairs, ada_cfg.iters) == (3.0, "neighbors", 7)
     with pytest.raises(RuntimeError, match="stop"):
         cli.evaluate("fmnist-resnet", "clado+nearest", 8, 8, avg_bits=3.0)
     stages = seen["method"]

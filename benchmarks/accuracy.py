@@ -1,0 +1,663 @@
+"""Every method's accuracy on the bundled models, measured by the benchmark scripts themselves;
+rewrites docs/results.md, the README's headline block and the plots under docs/results/.
+
+    python benchmarks/accuracy.py [--quick] [--only SECTION ...] [--render-only] [--json]
+
+Each section runs its benchmark scripts (or ``python -m lowbit eval``) as subprocesses, reads the
+JSON they print, and stores the exact commands, their wall seconds and load averages, the date,
+commit, torch version and machine, and its tables in ``docs/results/<quick|full>/<section>.json``.
+Rendering reads those files only: ``--render-only`` rebuilds the pages without running anything,
+and sections measured at different times combine. Per section the page shows the full run where
+one is stored, else the quick one, and says which. ``--quick`` passes the scripts their small
+settings (one seed where a run is long, fewer iterations and samples, the quick task) so that
+the whole run fits in 20 minutes on 2 cores; the full settings are those of the figures quoted in
+the method pages. Subprocesses run with one thread (OMP_NUM_THREADS=1; accuracy does not depend
+on it), except the kernel timings, which use the script's 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+PAGE = ROOT / "docs" / "results.md"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+MODES = ("full", "quick")  # the order of preference when both are stored
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def last_json(text: str) -> Any:
+    """The JSON object a script printed last (one line, or indented over several)."""
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("{"):
+            try:
+                return json.loads("\n".join(lines[i:]))
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON object in the output")
+
+
+def stat(values: list[float]) -> dict:
+    """A table cell: mean, sample standard deviation and count of per-seed values."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def stat_of(pair: list[float] | tuple[float, float], n: int) -> dict:
+    """A cell from a script's own (mean, std) over n seeds."""
+    return {"mean": pair[0], "std": pair[1], "n": n}
+
+
+class Section:
+    """One section's run: its commands (each recorded as it runs) and the tables, headline
+    figures and plot points built from their output."""
+
+    def __init__(self, name: str, quick: bool):
+        self.name, self.quick = name, quick
+        self.tables: list[dict] = []
+        self.headline: list[dict] = []
+        self.points: list[dict] = []
+        self.extra: dict = {}
+        self._runs: list[dict] = []
+
+    def run(self, args: list[str], threads: int | None = 1, keep: Callable[[Any], Any] | None = None) -> Any:
+        """Runs ``python ARGS`` in the repository root and returns the JSON it printed last;
+        ``keep`` trims what of it is stored with the run (the whole of it by default)."""
+        env = dict(os.environ)
+        prefix = ""
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+            prefix = f"OMP_NUM_THREADS={threads} "
+        command = prefix + "python " + shlex.join(args)
+        print(f"[{self.name}] {command}", file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
+        seconds = time.perf_counter() - t0
+        result = last_json(out.stdout)
+        self._runs.append({"command": command, "seconds": round(seconds, 1), "load_avg": round(load, 2),
+                           "output": keep(result) if keep else result})
+        return result
+
+    def table(self, title: str, settings: str, columns: list[str], rows: list[list], note: str = "") -> None:
+        """A table of the commands run since the previous one."""
+        self.tables.append({"title": title, "settings": settings, "columns": columns, "rows": rows, "note": note,
+                            "runs": self._runs})
+        self._runs = []
+
+    def head(self, method: str, label: str, value: dict | float) -> None:
+        """A figure for the README's methods table."""
+        self.headline.append({"method": method, "label": label, "value": value})
+
+    def point(self, panel: str, series: str, bits: float, accuracy: dict) -> None:
+        """A point of the accuracy-vs-bits plot; panel "weights" (A8 or float activations) or
+        "both" (weights and activations at the same bits)."""
+        self.points.append({"panel": panel, "series": series, "bits": bits, "accuracy": accuracy})
+
+
+def eval_args(model: str, method: str, w: int, a: int | None, seed: int, quick: bool, options: dict | None = None,
+              avg_bits: float | None = None) -> list[str]:
+    args = ["-m", "lowbit", "eval", "--model", model, "--method", method, "--w-bits", str(w), "--a-bits",
+            str(a or 32), "--seed", str(seed)]
+    if avg_bits is not None:
+        args += ["--avg-bits", str(avg_bits)]
+    if options:
+        args += ["--options", json.dumps(options)]
+    return args + (["--quick"] if quick else []) + ["--json"]
+
+
+def wa(w: int, a: int | None) -> str:
+    return f"W{w}A{a or 32}"
+
+
+def fmnist_test_set(quick_task: bool) -> str:
+    return "quick task's 2000 test images" if quick_task else "full test set (10000 images)"
+
+
+# --- sections -----------------------------------------------------------------------------------
+# Each takes its Section and whether to use the quick settings, runs the scripts, and fills in
+# tables, headline figures and plot points from their output.
+
+
+def sec_nearest(s: Section, quick: bool) -> None:
+    seeds = [0] if quick else [0, 1, 2]
+    rows, fp = [], None
+    for w, a in ((8, 8), (4, 8), (3, None), (2, None)):
+        recs = [s.run(eval_args("fmnist-resnet", "nearest", w, a, seed, quick), keep=drop("bits_per_layer"))
+                for seed in seeds]
+        fp = recs[0]["fp_metric"]
+        acc = stat([r["metric"] for r in recs])
+        rows.append([wa(w, a), acc, stat([r["agreement"] for r in recs]), recs[0]["effective_bits"],
+                     recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
+        if (w, a) != (8, 8):
+            s.head("nearest", wa(w, a), acc)
+        s.point("weights", "nearest", w, acc)
+    rows.insert(0, ["FP32", fp, 100.0, 32, recs[0]["fp_size_bytes"], None])
+    s.extra["fp"] = fp
+    s.table("fmnist-resnet", f"{fmnist_test_set(quick)}, seeds {seeds} (the seed picks the activation "
+            "calibration images; weight-only rounding does not depend on it)",
+            ["setting", "accuracy %", "agreement with FP %", "effective bits", "weight bytes", "quantization s"], rows,
+            "Effective bits: code bits per quantized weight, the 8-bit first conv and last linear included. "
+            "Weight bytes: codes at their width, an fp16 scale and zero point per channel, float biases.")
+
+
+def sec_adaround(s: Section, quick: bool) -> None:
+    # --quick: one seed, 256 calibration images, the quick task
+    common = ["--quick"] if quick else ["--seeds", "0", "1", "2"]
+    runs = (("layer", ["W3A32", "W2A32"], 500 if quick else 2000, [] if quick else ["--num-calib", "1024"],
+             "AdaRound (layer-wise)"),
+            ("block", ["W4A4:block", "W2A4:block"], 50 if quick else 200, [] if quick else ["--num-calib", "256"],
+             "AdaRound block + QDrop"))
+    for mode, settings, iters, calib, label in runs:
+        out = s.run(["benchmarks/adaround_fmnist.py", *common, "--settings", *settings, "--iters", str(iters), *calib,
+                     "--json"])
+        rows = []
+        for r in out["rows"]:
+            n = len(r["seeds"])
+            setting = r["setting"].split(":")[0]
+            ada = stat_of(r["adaround"], n)
+            rows.append([setting, stat_of(r["nearest"], n), ada, stat_of(r["seconds"], n)])
+            if setting in ("W2A32", "W2A4"):
+                s.head("adaround", setting + (" block" if mode == "block" else ""), ada)
+            if mode == "layer":
+                s.point("weights", "adaround (layer)", int(setting[1]), ada)
+        s.table(label, f"fmnist-resnet, {fmnist_test_set(out['quick_task'])} (FP {out['fp']:.2f} %), {out['iters']} "
+                f"iterations per {mode}, {out['num_calib']} calibration images, seeds {out['rows'][0]['seeds']}",
+                ["setting", "nearest %", f"{label} %", "AdaRound s per run"], rows)
+
+
+def sec_multipoint(s: Section, quick: bool) -> None:
+    # --quick: the quick task; in quick mode per-channel grids and 10 % rows only
+    seeds = ["0"] if quick else ["0", "1", "2"]
+    small = ["--quick", "--granularity", "channel", "--overhead", "0.1"] if quick else []
+    out = s.run(["benchmarks/multipoint_accuracy.py", *small, "--seeds", *seeds, "--threads", "1", "--json"])
+    cells = {(t["w_bits"], t["granularity"], t["overhead"], t["method"]): t for t in out["summary"]["table"]}
+    variants = ("multipoint", "random", "+1 bit", "+1 bit eq")
+    rows = []
+    for (w, g, rho, m), t in cells.items():
+        if m != "multipoint":
+            continue
+        near = cells[(w, g, 0.0, "nearest")]
+        acc = {v: {"mean": cells[(w, g, rho, v)]["accuracy"], "std": cells[(w, g, rho, v)]["accuracy_std"],
+                   "n": t["seeds"]} for v in variants}
+        rows.append([f"W{w} {g}", f"{100 * rho:.0f} %", near["accuracy"], *acc.values(), t["effective_bits"],
+                     t["size_bytes"]])
+        if g == "channel" and rho == 0.10:
+            if w == 2:
+                s.head("multipoint", "W2A32 per-channel + 10 % rows", acc["multipoint"])
+                s.head("multipoint", "nearest", near["accuracy"])
+            s.point("weights", "multipoint (+10 % rows)", t["effective_bits"], acc["multipoint"])
+    s.table("fmnist-resnet, weights only", f"{fmnist_test_set(quick)} (FP {out['rows'][0]['fp_metric']:.2f} %), "
+            f"seeds {' '.join(seeds)}",
+            ["W, grid", "extra rows", "nearest %", "multipoint %", "random channels %", "+1 bit (same channels) %",
+             "+1 bit eq (equal extra bytes) %", "multipoint effective bits", "multipoint weight bytes"], rows,
+            "random: the same number of points on random channels; +1 bit: the chosen channels at b+1 bits; "
+            "+1 bit eq: as many channels at b+1 bits as the points' extra code bits buy. Effective bits: code "
+            "bits per weight over the layers multipoint touches.")
+
+
+def sec_clado(s: Section, quick: bool) -> None:
+    def keep(out: dict) -> dict:  # the measured G matrices stay out of the stored record
+        return {"summary": out["summary"], "runs": [{**r, "study": drop("G", "random")(r["study"])}
+                                                    for r in out["runs"]]}
+
+    # --quick: one seed, 128 samples, 20 random allocations, the quick task
+    args = ["--quick"] if quick else ["--seeds", "0", "1", "2", "--num-samples", "128"]
+    out = s.run(["benchmarks/clado_fmnist.py", *args, "--json"], keep=keep)
+    sm = out["summary"]
+    n = len(sm["seeds"])
+    kinds = ("clado", "diagonal", "uniform", "oracle")
+    kinds = tuple(k for k in kinds if f"acc_{k}_4" in sm)
+    rows = []
+    for b in (3, 4, 5):
+        rows.append([b, *(stat_of(sm[f"acc_{k}_{b}"], n) for k in kinds)])
+        s.point("weights", "CLADO (A8)", b, stat_of(sm[f"acc_clado_{b}"], n))
+    s.head("clado", "4 avg bits A8", stat_of(sm["acc_clado_4"], n))
+    s.head("clado", "uniform W4A8", stat_of(sm["acc_uniform_4"], n))
+    study = out["runs"][0]["study"]
+    s.extra["clado_bits"] = {"names": study["names"], "params": study["params"],
+                             "budgets": {b: v["clado"]["bits"] for b, v in study["budgets"].items()},
+                             "seed": out["runs"][0]["seed"]}
+    s.extra["fp"] = out["runs"][0]["fp"]
+    names = {"clado": "CLADO %", "diagonal": "diagonal only %", "uniform": "uniform %", "oracle": "exhaustive oracle %"}
+    s.table("fmnist-resnet, mixed precision", f"{fmnist_test_set(sm['quick_task'])} (FP {s.extra['fp']:.2f} %), "
+            f"weights {{2, 4, 8}} on the {sm['layers']} searched layers, A8, KL to the FP outputs on "
+            f"{sm['num_samples']} samples, seeds {sm['seeds']}", ["avg weight bits", *(names[k] for k in kinds)], rows,
+            f"Spearman correlation of predicted and measured loss change over random allocations: pairwise "
+            f"{fmt(stat_of(sm['spearman_pairs'], n))}, diagonal {fmt(stat_of(sm['spearman_diag'], n))}. "
+            + (sm.get("exhaustive_oracle", "") or ""))
+
+
+def sec_aquant(s: Section, quick: bool) -> None:
+    # --quick: the quick task, one seed
+    args = ["--quick", "--iters", "50"] if quick else ["--seeds", "0", "1", "2", "--iters", "200"]
+    out = s.run(["benchmarks/aquant_fmnist.py", *args, "--bits", "2", "3", "4", "--num-samples", "256", "--out", "",
+                 "--json"])
+    rows = []
+    for bits in sorted({r["bits"] for r in out["rows"]}):
+        acc = {m: {r["seed"]: r["accuracy"] for r in out["rows"] if r["bits"] == bits and r["method"] == m}
+               for m in ("nearest", "adaround", "aquant")}
+        cells = {m: stat(list(v.values())) for m, v in acc.items()}
+        diff = stat([acc["aquant"][k] - acc["adaround"][k] for k in acc["aquant"]])
+        secs = stat([r["seconds"] for r in out["rows"] if r["bits"] == bits and r["method"] == "aquant"])
+        rows.append([wa(bits, bits), cells["nearest"], cells["adaround"], cells["aquant"], diff, secs])
+        if bits == 2:
+            s.head("aquant", "W2A2", cells["aquant"])
+            s.head("aquant", "QDrop", cells["adaround"])
+        for m, series in (("adaround", "AdaRound block + QDrop"), ("aquant", "AQuant")):
+            s.point("both", series, bits, cells[m])
+    seeds = sorted({r["seed"] for r in out["rows"]})
+    s.table("fmnist-resnet, weights and activations", f"{fmnist_test_set(quick)} (FP {out['fp']:.2f} %), "
+            f"{out['rows'][0]['iters']} iterations per block, 256 calibration images, seeds {seeds}",
+            ["setting", "nearest %", "AdaRound block + QDrop %", "AQuant %", "AQuant - QDrop (paired)", "AQuant s per run"],
+            rows)
+
+
+def sec_n2uq(s: Section, quick: bool) -> None:
+    if quick:  # the script's --quick: seed 0, W2A2, 50 iterations, 1 epoch of 1024 images, the quick task
+        args = ["--quick"]
+        seeds, iters, epochs, images = ["0"], 50, 1, 1024
+    else:
+        seeds, iters, epochs, images = ["0", "1", "2"], 200, 2, 4096
+        args = ["--bits", "2", "3", "--seeds", *seeds, "--iters", str(iters), "--num-samples", "256", "--epochs",
+                str(epochs), "--train-images", str(images)]
+    out = s.run(["benchmarks/n2uq_fmnist.py", *args, "--out", "", "--json"])
+    methods = {"qdrop": "QDrop (PTQ) %", "n2uq": "N2UQ (PTQ) %", "n2uq+ft": "N2UQ finetune [N2UQ] %",
+               "frozen+ft": "thresholds frozen finetune [N2UQ] %", "lsq+ft": "LSQ-uniform finetune [QDrop] %"}
+    rows = []
+    for bits in sorted({r["bits"] for r in out["rows"]}):
+        cells = {m: stat([r["accuracy"] for r in out["rows"] if r["bits"] == bits and r["method"] == m])
+                 for m in methods}
+        epoch_s = [e for r in out["rows"] if r["bits"] == bits for e in r.get("epoch_seconds", [])]
+        rows.append([wa(bits, bits), *cells.values(), stat(epoch_s)])
+        if bits == 2:
+            s.head("n2uq", "W2A2 PTQ", cells["n2uq"])
+            s.head("n2uq", f"after `finetune` (QAT, {epochs} short epochs)", cells["n2uq+ft"])
+        s.point("both", "N2UQ (PTQ)", bits, cells["n2uq"])
+    s.table("fmnist-resnet, post-training and short finetune",
+            f"{fmnist_test_set(quick)} (FP {out['fp']:.2f} %), PTQ: {iters} block iterations, 256 calibration "
+            f"images; finetune (QAT, distilled from the FP model): {epochs} epoch(s) of {images} training images, "
+            f"started from the PTQ model in brackets; seeds {' '.join(seeds)}",
+            ["setting", *methods.values(), "finetune s per epoch"], rows)
+
+
+def sec_pipelines(s: Section, quick: bool) -> None:
+    seeds = [0] if quick else [0, 1, 2]
+    ada = {"iters": 500} if quick else {"iters": 2000}
+    aq = {"iters": 50 if quick else 200, "num_samples": 256}
+    # quick: CLADO measures adjacent pairs only on 128 samples (its measurements dominate otherwise)
+    clado = {"num_samples": 128, "pairs": "neighbors"} if quick else {}
+    plans = (  # (label, method, activation bits, options, CLADO budget (else uniform bits))
+        ("AdaRound, uniform bits", "adaround", 8, ada, False),
+        ("CLADO (nearest rounding)", "clado", 8, clado, True),
+        ("CLADO + AdaRound", "clado+adaround", 8, {"clado": clado, "adaround": ada}, True),
+        ("AQuant, uniform bits", "aquant", 4, aq, False),
+        ("CLADO + AQuant", "clado+aquant", 4, {"clado": clado, "aquant": aq}, True),
+    )
+    rows = []
+    for label, method, a, options, budget in plans:
+        for b in (3, 4):
+            recs = [s.run(eval_args("fmnist-resnet", method, 8 if budget else b, a, seed, quick, options,
+                                    float(b) if budget else None), keep=drop("bits_per_layer")) for seed in seeds]
+            acc = stat([r["metric"] for r in recs])
+            rows.append([label, f"{'avg ' if budget else 'W'}{b} A{a}", acc, recs[0]["effective_bits"],
+                         recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
+    s.table("fmnist-resnet, CLADO's bits rounded by a learned method",
+            f"{fmnist_test_set(quick)} (FP {recs[0]['fp_metric']:.2f} %), seeds {seeds}; CLADO: weights {{2, 4, 8}}, "
+            f"budget of average weight bits over the searched layers, "
+            + (f"options {json.dumps(clado)}" if clado else "its defaults (every pair, 256 samples)")
+            + "; AdaRound layer-wise "
+            f"{ada['iters']} iterations; AQuant {aq['iters']} iterations per block, {aq['num_samples']} calibration "
+            "images",
+            ["method", "setting", "accuracy %", "effective bits", "weight bytes", "quantization s"], rows,
+            "Effective bits: code bits per quantized weight, the 8-bit first conv and last linear included.")
+
+
+def sec_models(s: Section, quick: bool) -> None:
+    seeds = [0] if quick else [0, 1, 2]
+    bc = {"bias_correction": True}
+    plans = ((("nearest", 8, None), ("nearest", 8, bc), ("adaround", 4, {"iters": 200})) if quick else
+             (("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc),
+              ("adaround", 4, {"iters": 1000})))
+    for model, metric, agreement in (("mobilenet_v2", "probe accuracy %", "photo top-1 agreement with FP %"),
+                                     ("minilm", "Recall@1 %", "cosine to FP x 100")):
+        rows, fp = [], None
+        for method, w, options in plans:
+            recs = [s.run(eval_args(model, method, w, 8, seed, quick, options), keep=drop("bits_per_layer"))
+                    for seed in seeds]
+            fp = recs[0]
+            label = method + ("" if not options else " " + ", ".join(f"{k}={v}" for k, v in options.items()))
+            rows.append([label, wa(w, 8), stat([r["metric"] for r in recs]), stat([r["agreement"] for r in recs]),
+                         recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
+        rows.insert(0, ["FP32", "W32A32", fp["fp_metric"], 100.0, fp["fp_size_bytes"], None])
+        size = "quick task (fewer calibration and evaluation samples)" if quick else "full task"
+        s.table(model, f"{size}, seeds {seeds}", ["method", "setting", metric, agreement, "weight bytes",
+                                                  "quantization s"], rows)
+
+
+def sec_kernels(s: Section, quick: bool) -> None:
+    out = s.run(["benchmarks/kernels.py", "--json"], threads=None)
+    env, sm = out["env"], out["summary"]
+    pick = {("lw", 4, 1): "W4 batch 1", ("lw", 3, 1): "W3 batch 1", ("lw", 2, 1): "W2 batch 1",
+            ("lw", 4, 8): "W4 batch 8", ("a8", 4, 1): "W4A8 batch 1", ("a8", 4, 8): "W4A8 batch 8",
+            ("a8", 4, 128): "W4A8 batch 128"}
+    rows = [[pick[(r["kind"], r["bits"], r["M"])], r["ms"], r["vs_fp32"], r["roofline"]] for r in out["rows"]
+            if r["shape"] == "4096x4096" and (r["kind"], r["bits"], r["M"]) in pick]
+    rows += [[r["name"] + f" batch {r['M']}", r["ms"], r["vs_fp32"], None] for r in out["rows"]
+             if r["shape"] == "4096x4096" and r["kind"] == "torch" and r["bits"] < 32 and r["M"] == 1]
+    mp = sm.get("multipoint_time_ratio")
+    s.table("packed kernels, 4096x4096", f"group {env['group_size']}, {env['threads']} threads, isa {env['isa']}, "
+            f"median of {env['repeats']} calls on a {env['pool_mib']} MiB cold pool, read bandwidth "
+            f"{env['bandwidth_gbs']} GB/s; load average {env['load_avg_start']} -> {env['load_avg_end']}",
+            ["case", "ms", "x torch fp32 F.linear", "share of the bandwidth roofline"], rows,
+            (f"Multipoint: time / ((1 + rho) x single-point time), worst case {mp}. " if mp else "")
+            + f"Targets met: {json.dumps(sm['targets_met'])}.")
+
+
+def drop(*keys: str) -> Callable[[dict], dict]:
+    """What of a script's output is stored: all but `keys` (large and re-derivable)."""
+    return lambda out: {k: v for k, v in out.items() if k not in keys}
+
+
+SECTIONS: dict[str, tuple[Callable[[Section, bool], None], str, bool]] = {  # name: (run, title, in quick mode)
+    "nearest": (sec_nearest, "Round to nearest (`nearest`)", True),
+    "adaround": (sec_adaround, "AdaRound (`adaround`)", True),
+    "multipoint": (sec_multipoint, "Multipoint (`multipoint`)", True),
+    "clado": (sec_clado, "CLADO mixed precision (`clado`)", True),
+    "aquant": (sec_aquant, "AQuant (`aquant`)", True),
+    "n2uq": (sec_n2uq, "N2UQ (`n2uq`) and `lowbit.finetune`", True),
+    "pipelines": (sec_pipelines, "Pipelines: CLADO's bits, learned rounding", True),
+    "models": (sec_models, "mobilenet_v2 and minilm", True),
+    "kernels": (sec_kernels, "Packed kernels", False),
+}
+
+# The README's methods table: what each method does and its page; the figures come from the
+# sections' headline entries.
+METHODS = {
+    "nearest": ("round to nearest on Lp-searched (p = 2.4) grids; the baseline; optional bias correction", "nearest"),
+    "adaround": ("learned up/down weight rounding, layer-wise or block-wise (BRECQ/QDrop)", "adaround"),
+    "clado": ("mixed precision from cross-layer error terms, exact C++ IQP solver", "clado"),
+    "aquant": ("learned activation rounding borders, jointly with AdaRound in the block loop (experimental)", "aquant"),
+    "n2uq": ("learned input thresholds with uniform integer outputs; `lowbit.finetune` for short QAT", "n2uq"),
+    "multipoint": ("extra low-bit rows on the channels with the largest output error", "multipoint"),
+}
+
+# --- recording ----------------------------------------------------------------------------------
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs"
+
+
+def run_section(name: str, quick: bool) -> dict:
+    fn, title, _ = SECTIONS[name]
+    s = Section(name, quick)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    fn(s, quick)
+    dirty = bool(git("status", "--porcelain", "--", "python", "cpp", "benchmarks"))
+    record = {
+        "section": name, "mode": "quick" if quick else "full",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
+        "torch": importlib.metadata.version("torch"), "python": platform.python_version(), "machine": machine(),
+        "load_avg_start": round(load, 2), "wall_seconds": round(time.perf_counter() - t0, 1),
+        "tables": s.tables, "headline": s.headline, "points": s.points, **s.extra,
+    }
+    path = RESULTS / record["mode"] / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"[{name}] {record['wall_seconds']:.0f} s -> {path.relative_to(ROOT)}", file=sys.stderr, flush=True)
+    return record
+
+
+def load_records(results: Path = RESULTS) -> dict[str, dict]:
+    """Per section the stored record to show: the full run where one exists, else the quick one."""
+    records = {}
+    for name in SECTIONS:
+        for mode in MODES:
+            path = results / mode / f"{name}.json"
+            if path.exists():
+                records[name] = json.loads(path.read_text())
+                break
+    return records
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    """A table cell: mean +- std over seeds ("(n=1)" for one seed), numbers to 2 decimals,
+    integers as they are, missing as "-"."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        if value["n"] > 1:
+            return f"{value['mean']:.2f} +- {value['std']:.2f}"
+        return f"{value['mean']:.2f} (n=1)"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 1e5 else f"{value:.0f}"
+    return str(value)
+
+
+def commands(runs: list[dict]) -> list[str]:
+    """The table's command lines, the ones that differ only in ``--seed N`` shown once."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        seed = re.search(r" --seed (\d+)", r["command"])
+        key = re.sub(r" --seed \d+", " --seed {S}", r["command"])
+        out.setdefault(key, []).append(seed.group(1) if seed else "")
+    return [k.replace("{S}", "{" + ",".join(v) + "}") if len(v) > 1 else k.replace("{S}", v[0])
+            for k, v in out.items()]
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(fmt(c) for c in row) + " |" for row in rows)]
+
+
+def label(record: dict) -> str:
+    return "quick settings" if record["mode"] == "quick" else "full settings"
+
+
+def render_section(name: str, record: dict | None) -> list[str]:
+    title = SECTIONS[name][1]
+    if record is None:
+        return [f"## {title}", "", f"Not measured yet: `python benchmarks/accuracy.py --only {name}`"
+                + (" (full mode only)" if not SECTIONS[name][2] else "") + ".", ""]
+    out = [f"## {title} ({label(record)})", ""]
+    for t in record["tables"]:
+        if len(record["tables"]) > 1:
+            out += [f"### {t['title']}", ""]
+        out += ["    " + c for c in commands(t["runs"])] + [""]
+        out += [f"Settings: {t['settings']}.", ""] if len(record["tables"]) > 1 else [
+            f"{t['title']}: {t['settings']}.", ""]
+        out += markdown_table(t["columns"], t["rows"]) + [""]
+        if t["note"]:
+            out += [t["note"], ""]
+        secs = sum(r["seconds"] for r in t["runs"])
+        loads = [r["load_avg"] for r in t["runs"]]
+        out += [f"Wall time {secs:.0f} s over {len(t['runs'])} command(s), load average {min(loads):.1f}-"
+                f"{max(loads):.1f} at their starts.", ""]
+    out += [f"*{record['date']}, commit {record['commit']}, torch {record['torch']}, Python {record['python']}, "
+            f"{record['machine']}; section wall time {record['wall_seconds']:.0f} s, load average "
+            f"{record['load_avg_start']} at its start.*", ""]
+    return out
+
+
+def render_page(records: dict[str, dict], plots: list[str]) -> str:
+    modes = {name: r["mode"] for name, r in records.items()}
+    out = [
+        "# Measured results", "",
+        "<!-- Generated by benchmarks/accuracy.py from docs/results/<quick|full>/*.json: edit the script, "
+        "not this page. -->", "",
+        textwrap.fill(
+        "Every figure here was printed by the command above its table and stored, with the date, commit, "
+        "machine, wall time and load average of the run, in `docs/results/<quick|full>/<section>.json`. "
+        "`python benchmarks/accuracy.py --quick` (`make results`) measures every section with small settings "
+        "in under 20 minutes on 2 cores; `python benchmarks/accuracy.py` with the full ones (3 seeds, the "
+        "full test set, longer schedules); `--only SECTION` runs one section and `--render-only` rebuilds this "
+        "page and the README's methods table from the stored files. Each section shows its full run where one "
+        "is stored, else the quick one, and its heading says which. Accuracy does not depend on the machine or "
+        "the thread count; wall times do, and the machine was shared (the load average is given with each).",
+        100), "",
+        "| section | shown | wall s |", "|---|---|---|",
+        *(f"| [{name}](#{anchor(SECTIONS[name][1], records.get(name))}) | "
+          + (f"{modes[name]} ({records[name]['date']})" if name in records else "not measured") + " | "
+          + (f"{records[name]['wall_seconds']:.0f}" if name in records else "-") + " |" for name in SECTIONS),
+        "",
+    ]
+    out += [f"![{p}](results/{p})" for p in plots] + ([""] if plots else [])
+    for name in SECTIONS:
+        out += render_section(name, records.get(name))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def anchor(title: str, record: dict | None) -> str:
+    """GitHub's anchor of a section heading."""
+    heading = title + (f" ({label(record)})" if record else "")
+    return re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
+
+
+def readme_block(records: dict[str, dict]) -> str:
+    heads: dict[str, list[str]] = {}
+    for r in records.values():
+        for h in r["headline"]:
+            tag = " (quick settings)" if r["mode"] == "quick" else ""
+            heads.setdefault(h["method"], []).append(f"{h['label']} {fmt(h['value'])}{tag}")
+    fp = records.get("nearest", {}).get("fp")
+    fp_text = f"FP32 {fmt(fp)} on the nearest table's test set; " if fp is not None else ""
+    lines = [BEGIN,
+             textwrap.fill(f"Headline figures: fmnist-resnet test accuracy (%, {fp_text}mean +- std over "
+                           "calibration seeds, n=1 where one seed), generated by `python benchmarks/accuracy.py`, "
+                           "with each command, setting and wall time in `docs/results.md`.", 100), "",
+             "| method | what it does | fmnist-resnet, headline setting | page |", "|---|---|---|---|"]
+    for method, (what, page) in METHODS.items():
+        figures = "; ".join(heads.get(method, [])) or "not measured yet"
+        lines.append(f"| `{method}` | {what} | {figures} | `docs/{page}.md` |")
+    return "\n".join(lines + [END])
+
+
+def replace_block(text: str, block: str) -> str:
+    """The README with its results block replaced; the first time, the block replaces the methods
+    table from its "Headline figures" line to the table's last row."""
+    if BEGIN in text and END in text:
+        start, end = text.index(BEGIN), text.index(END) + len(END)
+        return text[:start] + block + text[end:]
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("Headline figures"))
+    table = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    end = next((i for i in range(table, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "".join(lines[:start]) + block + "\n" + "".join(lines[end:])
+
+
+def plot(records: dict[str, dict], results: Path = RESULTS) -> list[str]:
+    """PNG plots from the records; [] with a note when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+        return []
+    made = []
+    points = [p for r in records.values() for p in r["points"]]
+    if points:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        titles = {"weights": "weights only (A8 or float activations)", "both": "weights and activations at b bits"}
+        for ax, panel in zip(axes, titles):
+            series = sorted({p["series"] for p in points if p["panel"] == panel})
+            for name in series:
+                ps = sorted((p for p in points if p["panel"] == panel and p["series"] == name), key=lambda p: p["bits"])
+                ax.errorbar([p["bits"] for p in ps], [p["accuracy"]["mean"] for p in ps],
+                            yerr=[p["accuracy"]["std"] for p in ps], marker="o", capsize=3, label=name)
+            ax.set(title=titles[panel], xlabel="weight bits (CLADO: average; multipoint: effective)",
+                   ylabel="fmnist-resnet test accuracy %")
+            ax.grid(alpha=0.3)
+            if series:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results / "accuracy_vs_bits.png", dpi=110)
+        plt.close(fig)
+        made.append("accuracy_vs_bits.png")
+    cb = records.get("clado", {}).get("clado_bits")
+    if cb:
+        fig, ax = plt.subplots(figsize=(11, 4))
+        budgets = sorted(cb["budgets"], key=float)
+        width = 0.8 / len(budgets)
+        for i, b in enumerate(budgets):
+            ax.bar([j + i * width for j in range(len(cb["names"]))], [cb["budgets"][b][n] for n in cb["names"]],
+                   width, label=f"avg {float(b):g} bits")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cb["names"]))],
+                      [f"{n}\n{p / 1e3:.0f}k" for n, p in zip(cb["names"], cb["params"])], rotation=60, fontsize=7)
+        ax.set(ylabel="weight bits", title=f"CLADO's bits per layer on fmnist-resnet (seed {cb['seed']}; "
+               "layer and its weights)", yticks=[2, 4, 8])
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(results / "clado_bits.png", dpi=110)
+        plt.close(fig)
+        made.append("clado_bits.png")
+    return made
+
+
+def render(results: Path = RESULTS, page: Path = PAGE, readme: Path = README) -> dict[str, dict]:
+    records = load_records(results)
+    results.mkdir(parents=True, exist_ok=True)
+    page.write_text(render_page(records, plot(records, results)))
+    readme.write_text(replace_block(readme.read_text(), readme_block(records)))
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small settings, under 20 minutes on 2 cores")
+    ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
+    ap.add_argument("--render-only", action="store_true", help="rebuild the pages from the stored results")
+    ap.add_argument("--json", action="store_true", help="print the records of the sections run as JSON")
+    args = ap.parse_args(argv)
+    names = args.only or [n for n, (_, _, in_quick) in SECTIONS.items() if in_quick or not args.quick]
+    ran = {}
+    t0 = time.perf_counter()
+    if not args.render_only:
+        for name in names:
+            ran[name] = run_section(name, args.quick)
+        print(f"{len(ran)} section(s) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    render()
+    if args.json:
+        print(json.dumps(ran))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
