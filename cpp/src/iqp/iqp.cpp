@@ -142,8 +142,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be pruned is solved to
-constexpr int kNodePatience = 25;    // QP bound checks without improvement before a node stops
-constexpr int kRootPatience = 25;    // ... and the root
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -511,10 +509,8 @@ class Relaxation {
   Relaxation(const Data& D, const Shift& S) : D_(D), S_(S) {}
 
   // Domain masks (L,), a warm point in full coordinates (n,) or nullptr, the pruning cutoff.
-  // patience: bound checks without improvement before giving up (the root needs many more
-  // than a node: its bound creeps up long after the first stall).
   NodeResult solve(const std::vector<uint32_t>& mask, const double* warm, double cutoff, double tol_scale,
-                   int max_iter, int patience, const Deadline& dl) {
+                   int max_iter, const Deadline& dl) {
     NodeResult res;
     setup(mask);
     // Fixed part and remaining budget.
@@ -579,7 +575,7 @@ class Relaxation {
         if (std::isfinite(cutoff) && fx < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;
         if (!std::isfinite(cutoff) && gap <= 1e-6 * std::max(std::fabs(fx), tol_scale)) break;
         if (best_lb <= last_lb + 1e-12 * std::max(std::fabs(best_lb), tol_scale)) {
-          if (++stall >= patience) break;
+          if (++stall >= 25) break;
         } else {
           stall = 0;
         }
@@ -959,6 +955,7 @@ struct LowRank {
   std::vector<double> U;  // (n, k) row-major
   std::vector<double> c;  // (n,)
   double slack = 0;       // sum_l max_s |rho_ls|: how much rho can cost a bound
+  double residual = 0;    // max |R|
 };
 
 LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::VectorXd& lam,
@@ -979,7 +976,10 @@ LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::V
       for (int64_t q = 0; q < D.L; ++q) {
         if (q == l) continue;
         double mn = kInf;
-        for (int64_t j = D.start[q]; j < D.start[q + 1]; ++j) mn = std::min(mn, D.W[i * n + j] - UU(i, j));
+        for (int64_t j = D.start[q]; j < D.start[q + 1]; ++j) {
+          mn = std::min(mn, D.W[i * n + j] - UU(i, j));
+          f.residual = std::max(f.residual, std::fabs(D.W[i * n + j] - UU(i, j)));
+        }
         rho += mn;
       }
       f.c[i] = D.d[i] - UU(i, i) + rho;
@@ -1078,7 +1078,11 @@ Completion complete_low_rank(const Data& D, const Deadline& dl, double budget_s)
     comp.rank = rank;
     if (change < 1e-7) {
       comp.exact = true;
-      if (lk.minCoeff() > 0) comp.factor = low_rank_factor(D, Vk, lk, sc);
+      // The dual needs G itself of low rank (up to float32 rounding), not only the blocks.
+      if (lk.minCoeff() > 0) {
+        LowRank f = low_rank_factor(D, Vk, lk, sc);
+        if (f.residual <= 1e-5 * D.gmax) comp.factor = std::move(f);
+      }
       break;
     }
   }
@@ -2042,7 +2046,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     NodeResult best_root;
     for (size_t k = 0; k < shifts.size(); ++k) {
       auto r = std::make_unique<Relaxation>(D, shifts[k]);
-      NodeResult nr = r->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, kNodePatience, dl);
+      NodeResult nr = r->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
       if (!qp || nr.lb > best_root.lb || nr.infeasible) {
         best_root = std::move(nr);
         qp = std::move(r);
@@ -2071,7 +2075,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     if (!root.infeasible && !root.pruned) {
       std::vector<double> warm(D.n, 0.0);
       for (size_t j = 0; j < R.layout().vars.size(); ++j) warm[R.layout().vars[j]] = root.x[j];
-      NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, kRootPatience, dl);
+      NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
       r.lb = std::max(r.lb, root.lb);
       root = std::move(r);
     }
@@ -2225,14 +2229,14 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       if (!nr.infeasible && !nr.pruned && nr.lb + lowrank.slack >= cutoff) {
         // Only the residual term (rho) may keep this node: the exact QP relaxation decides.
         Relaxation& R = qp_relaxation();
-        NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, kNodePatience, dl);
+        NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, dl);
         if (q.infeasible || q.pruned || q.lb > nr.lb) {
           nr = std::move(q);
           lay = &R.layout();
         }
       }
     } else {
-      nr = qp->solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, kNodePatience, dl);
+      nr = qp->solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, dl);
       lay = &qp->layout();
     }
     ++nodes;
