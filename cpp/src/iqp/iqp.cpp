@@ -2058,6 +2058,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     return *qp;
   };
   const Layout* root_layout = nullptr;
+  double root_inherited = -kInf;
   // The low-rank dual when the completion converged, else the QP relaxation at the root
   // (the chosen shift solved to convergence).
   std::vector<double> root_dual;
@@ -2076,15 +2077,15 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       std::vector<double> warm(D.n, 0.0);
       for (size_t j = 0; j < R.layout().vars.size(); ++j) warm[R.layout().vars[j]] = root.x[j];
       NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
-      r.lb = std::max(r.lb, root.lb);
+      root_inherited = root.lb;  // the short solve's bound (its reduced costs are not r's)
       root = std::move(r);
     }
   }
-  res.root_bound = root.lb;
+  res.root_bound = std::max(root.lb, root_inherited);
   res.relaxation = dual ? "lowrank-dual" : qp_kind;
   // A root bound this far below the incumbent gives branching little chance: more local
   // search first (until six rounds in a row find nothing better, or 80 % of the time limit).
-  if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - root.lb > 0.5 * denom(best_obj))
+  if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - res.root_bound > 0.5 * denom(best_obj))
     run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.8 * opt.time_limit)),
             1 << 30, 6);
 
@@ -2097,14 +2098,16 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   Search rs(D), rt(D);
   std::vector<int32_t> cand(L);
 
-  // Processes a node whose relaxation `nr` was solved on `mask` with layout `lay`; `dual_state`
-  // is its low-rank dual point, handed to the children.
-  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr, const Layout& lay,
+  // Processes a node whose relaxation `nr` was solved on `mask` with layout `lay`; `inherited`
+  // is the bound it came with (the parent's), `dual_state` its low-rank dual point, handed to
+  // the children. The reduced costs are relative to nr.lb, the bound they were computed at.
+  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr, double inherited, const Layout& lay,
                     std::shared_ptr<const std::vector<double>> dual_state) {
     if (nr.infeasible || nr.pruned) {
-      discard(nr.lb);
+      discard(std::max(nr.lb, inherited));
       return;
     }
+    const double lb = std::max(nr.lb, inherited);
     const auto& vars = lay.vars;
     const auto& blocks = lay.blocks;
     const auto& bstart = lay.bstart;
@@ -2147,8 +2150,8 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       }
     }
     const double cutoff = cutoff_of(best_obj);
-    if (nr.lb >= cutoff) {
-      discard(nr.lb);
+    if (lb >= cutoff) {
+      discard(lb);
       return;
     }
     // Reduced-cost fixing, then the most fractional remaining layer.
@@ -2159,9 +2162,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       double mx = 0;
       for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
         const int64_t s = vars[j] - D.start[l];
-        if (nr.lb + nr.rc[j] >= cutoff) {
+        const double child_lb = std::max(lb, nr.lb + nr.rc[j]);
+        if (child_lb >= cutoff) {
           mask[l] &= ~(1u << s);
-          discard(nr.lb + nr.rc[j]);
+          discard(child_lb);
         } else
           mx = std::max(mx, nr.x[j]);
       }
@@ -2174,7 +2178,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     auto warm = std::make_shared<std::vector<double>>(D.n, 0.0);
     for (size_t j = 0; j < vars.size(); ++j) (*warm)[vars[j]] = nr.x[j];
     if (branch < 0) {  // fixing left one choice per layer: one child, a leaf
-      queue.push(Node{std::move(mask), nr.lb, next_id++, warm, dual_state});
+      queue.push(Node{std::move(mask), lb, next_id++, warm, dual_state});
       return;
     }
     size_t bl = 0;
@@ -2187,13 +2191,13 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
       const int64_t s = vars[j] - D.start[branch];
       if (!((mask[branch] >> s) & 1u)) continue;
-      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm, dual_state, j == lean};
+      Node ch{mask, std::max(lb, nr.lb + nr.rc[j]), next_id++, warm, dual_state, j == lean};
       ch.mask[branch] = 1u << s;
       queue.push(std::move(ch));
     }
   };
 
-  expand(root_mask, root, *root_layout,
+  expand(root_mask, root, root_inherited, *root_layout,
          root_dual.empty() ? nullptr : std::make_shared<const std::vector<double>>(root_dual));
   while (!queue.empty()) {
     if (queue.top().lb >= cutoff_of(best_obj)) {
@@ -2240,8 +2244,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       lay = &qp->layout();
     }
     ++nodes;
-    if (!nr.infeasible && !nr.pruned) nr.lb = std::max(nr.lb, nd.lb);
-    expand(std::move(nd.mask), nr, *lay, dual_state);  // (a relaxation cut short by the deadline is still a bound)
+    expand(std::move(nd.mask), nr, nd.lb, *lay, dual_state);  // (a relaxation cut short by the deadline is still a bound)
   }
 
   // ---- result -------------------------------------------------------------------------------
