@@ -1294,6 +1294,8 @@ class DualBound {
       const double upper = smooth + 0.5 * decrement + tau * log_choices;  // estimate of max D
       const double gap = upper - best_lb;
       if (gap <= 1e-10 * std::max(std::fabs(best_lb), tol_scale) || dl.passed()) break;
+      // A smoothing below the rounding of the bound cannot sharpen further (nor can tau reach 0).
+      if (tau * std::max(log_choices, 1.0) < 1e-16 * std::max(std::fabs(best_lb), tol_scale)) break;
       if (upper < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;  // cannot prune: branch
       if (0.5 * decrement <= tau) {  // Newton has caught up with this smoothing: sharpen it
         tau *= 0.1;
