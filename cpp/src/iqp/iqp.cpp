@@ -142,8 +142,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be pruned is solved to
-constexpr int kNodePatience = 25;    // QP bound checks without improvement before a node stops
-constexpr int kRootPatience = 25;    // ... and the root
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -511,10 +509,8 @@ class Relaxation {
   Relaxation(const Data& D, const Shift& S) : D_(D), S_(S) {}
 
   // Domain masks (L,), a warm point in full coordinates (n,) or nullptr, the pruning cutoff.
-  // patience: bound checks without improvement before giving up (the root needs many more
-  // than a node: its bound creeps up long after the first stall).
   NodeResult solve(const std::vector<uint32_t>& mask, const double* warm, double cutoff, double tol_scale,
-                   int max_iter, int patience, const Deadline& dl) {
+                   int max_iter, const Deadline& dl) {
     NodeResult res;
     setup(mask);
     // Fixed part and remaining budget.
@@ -579,7 +575,7 @@ class Relaxation {
         if (std::isfinite(cutoff) && fx < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;
         if (!std::isfinite(cutoff) && gap <= 1e-6 * std::max(std::fabs(fx), tol_scale)) break;
         if (best_lb <= last_lb + 1e-12 * std::max(std::fabs(best_lb), tol_scale)) {
-          if (++stall >= patience) break;
+          if (++stall >= 25) break;
         } else {
           stall = 0;
         }
@@ -959,6 +955,7 @@ struct LowRank {
   std::vector<double> U;  // (n, k) row-major
   std::vector<double> c;  // (n,)
   double slack = 0;       // sum_l max_s |rho_ls|: how much rho can cost a bound
+  double residual = 0;    // max |R|
 };
 
 LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::VectorXd& lam,
@@ -979,7 +976,10 @@ LowRank low_rank_factor(const Data& D, const Eigen::MatrixXd& Vk, const Eigen::V
       for (int64_t q = 0; q < D.L; ++q) {
         if (q == l) continue;
         double mn = kInf;
-        for (int64_t j = D.start[q]; j < D.start[q + 1]; ++j) mn = std::min(mn, D.W[i * n + j] - UU(i, j));
+        for (int64_t j = D.start[q]; j < D.start[q + 1]; ++j) {
+          mn = std::min(mn, D.W[i * n + j] - UU(i, j));
+          f.residual = std::max(f.residual, std::fabs(D.W[i * n + j] - UU(i, j)));
+        }
         rho += mn;
       }
       f.c[i] = D.d[i] - UU(i, i) + rho;
@@ -1078,7 +1078,11 @@ Completion complete_low_rank(const Data& D, const Deadline& dl, double budget_s)
     comp.rank = rank;
     if (change < 1e-7) {
       comp.exact = true;
-      if (lk.minCoeff() > 0) comp.factor = low_rank_factor(D, Vk, lk, sc);
+      // The dual needs G itself of low rank (up to float32 rounding), not only the blocks.
+      if (lk.minCoeff() > 0) {
+        LowRank f = low_rank_factor(D, Vk, lk, sc);
+        if (f.residual <= 1e-5 * D.gmax) comp.factor = std::move(f);
+      }
       break;
     }
   }
@@ -1290,6 +1294,8 @@ class DualBound {
       const double upper = smooth + 0.5 * decrement + tau * log_choices;  // estimate of max D
       const double gap = upper - best_lb;
       if (gap <= 1e-10 * std::max(std::fabs(best_lb), tol_scale) || dl.passed()) break;
+      // A smoothing below the rounding of the bound cannot sharpen further (nor can tau reach 0).
+      if (tau * std::max(log_choices, 1.0) < 1e-16 * std::max(std::fabs(best_lb), tol_scale)) break;
       if (upper < cutoff && gap <= kBranchTol * (cutoff - best_lb)) break;  // cannot prune: branch
       if (0.5 * decrement <= tau) {  // Newton has caught up with this smoothing: sharpen it
         tau *= 0.1;
@@ -2042,7 +2048,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     NodeResult best_root;
     for (size_t k = 0; k < shifts.size(); ++k) {
       auto r = std::make_unique<Relaxation>(D, shifts[k]);
-      NodeResult nr = r->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, kNodePatience, dl);
+      NodeResult nr = r->solve(root_mask, nullptr, cutoff_of(best_obj), tol_scale, 200, dl);
       if (!qp || nr.lb > best_root.lb || nr.infeasible) {
         best_root = std::move(nr);
         qp = std::move(r);
@@ -2054,6 +2060,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     return *qp;
   };
   const Layout* root_layout = nullptr;
+  double root_inherited = -kInf;
   // The low-rank dual when the completion converged, else the QP relaxation at the root
   // (the chosen shift solved to convergence).
   std::vector<double> root_dual;
@@ -2071,16 +2078,16 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     if (!root.infeasible && !root.pruned) {
       std::vector<double> warm(D.n, 0.0);
       for (size_t j = 0; j < R.layout().vars.size(); ++j) warm[R.layout().vars[j]] = root.x[j];
-      NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, kRootPatience, dl);
-      r.lb = std::max(r.lb, root.lb);
+      NodeResult r = R.solve(root_mask, warm.data(), cutoff_of(best_obj), tol_scale, 4000, dl);
+      root_inherited = root.lb;  // the short solve's bound (its reduced costs are not r's)
       root = std::move(r);
     }
   }
-  res.root_bound = root.lb;
+  res.root_bound = std::max(root.lb, root_inherited);
   res.relaxation = dual ? "lowrank-dual" : qp_kind;
   // A root bound this far below the incumbent gives branching little chance: more local
   // search first (until six rounds in a row find nothing better, or 80 % of the time limit).
-  if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - root.lb > 0.5 * denom(best_obj))
+  if (!root.infeasible && !root.pruned && std::isfinite(best_obj) && best_obj - res.root_bound > 0.5 * denom(best_obj))
     run_ils(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(0.8 * opt.time_limit)),
             1 << 30, 6);
 
@@ -2093,14 +2100,16 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   Search rs(D), rt(D);
   std::vector<int32_t> cand(L);
 
-  // Processes a node whose relaxation `nr` was solved on `mask` with layout `lay`; `dual_state`
-  // is its low-rank dual point, handed to the children.
-  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr, const Layout& lay,
+  // Processes a node whose relaxation `nr` was solved on `mask` with layout `lay`; `inherited`
+  // is the bound it came with (the parent's), `dual_state` its low-rank dual point, handed to
+  // the children. The reduced costs are relative to nr.lb, the bound they were computed at.
+  auto expand = [&](std::vector<uint32_t> mask, NodeResult& nr, double inherited, const Layout& lay,
                     std::shared_ptr<const std::vector<double>> dual_state) {
     if (nr.infeasible || nr.pruned) {
-      discard(nr.lb);
+      discard(std::max(nr.lb, inherited));
       return;
     }
+    const double lb = std::max(nr.lb, inherited);
     const auto& vars = lay.vars;
     const auto& blocks = lay.blocks;
     const auto& bstart = lay.bstart;
@@ -2143,8 +2152,8 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       }
     }
     const double cutoff = cutoff_of(best_obj);
-    if (nr.lb >= cutoff) {
-      discard(nr.lb);
+    if (lb >= cutoff) {
+      discard(lb);
       return;
     }
     // Reduced-cost fixing, then the most fractional remaining layer.
@@ -2155,9 +2164,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       double mx = 0;
       for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
         const int64_t s = vars[j] - D.start[l];
-        if (nr.lb + nr.rc[j] >= cutoff) {
+        const double child_lb = std::max(lb, nr.lb + nr.rc[j]);
+        if (child_lb >= cutoff) {
           mask[l] &= ~(1u << s);
-          discard(nr.lb + nr.rc[j]);
+          discard(child_lb);
         } else
           mx = std::max(mx, nr.x[j]);
       }
@@ -2170,7 +2180,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     auto warm = std::make_shared<std::vector<double>>(D.n, 0.0);
     for (size_t j = 0; j < vars.size(); ++j) (*warm)[vars[j]] = nr.x[j];
     if (branch < 0) {  // fixing left one choice per layer: one child, a leaf
-      queue.push(Node{std::move(mask), nr.lb, next_id++, warm, dual_state});
+      queue.push(Node{std::move(mask), lb, next_id++, warm, dual_state});
       return;
     }
     size_t bl = 0;
@@ -2183,13 +2193,13 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     for (int64_t j = bstart[bl]; j < bstart[bl + 1]; ++j) {
       const int64_t s = vars[j] - D.start[branch];
       if (!((mask[branch] >> s) & 1u)) continue;
-      Node ch{mask, nr.lb + nr.rc[j], next_id++, warm, dual_state, j == lean};
+      Node ch{mask, std::max(lb, nr.lb + nr.rc[j]), next_id++, warm, dual_state, j == lean};
       ch.mask[branch] = 1u << s;
       queue.push(std::move(ch));
     }
   };
 
-  expand(root_mask, root, *root_layout,
+  expand(root_mask, root, root_inherited, *root_layout,
          root_dual.empty() ? nullptr : std::make_shared<const std::vector<double>>(root_dual));
   while (!queue.empty()) {
     if (queue.top().lb >= cutoff_of(best_obj)) {
@@ -2225,19 +2235,18 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       if (!nr.infeasible && !nr.pruned && nr.lb + lowrank.slack >= cutoff) {
         // Only the residual term (rho) may keep this node: the exact QP relaxation decides.
         Relaxation& R = qp_relaxation();
-        NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, kNodePatience, dl);
+        NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, dl);
         if (q.infeasible || q.pruned || q.lb > nr.lb) {
           nr = std::move(q);
           lay = &R.layout();
         }
       }
     } else {
-      nr = qp->solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, kNodePatience, dl);
+      nr = qp->solve(nd.mask, nd.warm ? nd.warm->data() : nullptr, cutoff, tol_scale, 600, dl);
       lay = &qp->layout();
     }
     ++nodes;
-    if (!nr.infeasible && !nr.pruned) nr.lb = std::max(nr.lb, nd.lb);
-    expand(std::move(nd.mask), nr, *lay, dual_state);  // (a relaxation cut short by the deadline is still a bound)
+    expand(std::move(nd.mask), nr, nd.lb, *lay, dual_state);  // (a relaxation cut short by the deadline is still a bound)
   }
 
   // ---- result -------------------------------------------------------------------------------
