@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from typing import Any, Optional
@@ -84,14 +85,21 @@ def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], s
     q = task.evaluate(qmodel)
     rep = lowbit.report(qmodel)
     bits = {row.name: row.w_bits for row in rep.layers}
-    return {
+    params = {row.name: math.prod(row.shape) for row in rep.layers}
+    record = {
         "model": model_name, "method": method, "w_bits": w_bits, "a_bits": a_bits, "seed": seed,
         "metric_name": task.metric_name, "fp_metric": round(fp["metric"], 3), "metric": round(q["metric"], 3),
         "agreement": round(q["agreement"], 3), "size_bytes": weight_bytes(qmodel),
         "fp_size_bytes": weight_bytes(task.model), "seconds": round(seconds, 2),
-        "avg_bits": round(sum(bits.values()) / len(bits), 3), "effective_bits": round(code_bits(qmodel), 3),
-        "bits_per_layer": bits,
+        "avg_bits": round(sum(params[n] * b for n, b in bits.items()) / sum(params.values()), 3),
+        "effective_bits": round(code_bits(qmodel), 3), "bits_per_layer": bits,
     }
+    if "clado" in rep.meta:  # what the bit-width search measured and how the solver ended
+        c = rep.meta["clado"]
+        record["clado"] = {"searched_layers": len(c["searched_layers"]), "searched_avg_bits": round(c["avg_bits"], 3),
+                           "pairs": c["pairs"], "evaluations": c["evaluations"], "measure_seconds": c["measure_seconds"],
+                           "solver": c["solver"]}
+    return record
 
 
 def _bits(text: str) -> Optional[int]:
