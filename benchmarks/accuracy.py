@@ -260,7 +260,7 @@ def sec_clado(s: Section, quick: bool) -> None:
             f"{sm['num_samples']} samples, {seeds_text(sm['seeds'])}", ["avg weight bits", *(names[k] for k in kinds)], rows,
             f"Spearman correlation of predicted and measured loss change over random allocations: pairwise "
             f"{fmt(stat_of(sm['spearman_pairs'], n))}, diagonal {fmt(stat_of(sm['spearman_diag'], n))}. "
-            + (sm.get("exhaustive_oracle", "") or ""))
+            + (f"Exhaustive oracle {sm['exhaustive_oracle']}." if "exhaustive_oracle" in sm else ""))
 
 
 def sec_aquant(s: Section, quick: bool) -> None:
@@ -551,7 +551,7 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         "Every figure here was printed by the command above its table and stored, with the date, commit, "
         "machine, wall time and load average of the run, in `docs/results/<quick|full>/<section>.json`. "
         "`python benchmarks/accuracy.py --quick` (`make results`) measures every section with small settings "
-        "in under 20 minutes on 2 cores; `python benchmarks/accuracy.py` with the full ones (3 seeds, the "
+        "(one seed, the quick task, short schedules); `python benchmarks/accuracy.py` with the full ones (3 seeds, the "
         "full test set, longer schedules); `--only SECTION` runs one section and `--render-only` rebuilds this "
         "page and the README's methods table from the stored files. Each section shows its full run where one "
         "is stored, else the quick one, and its heading says which. Accuracy does not depend on the machine or "
@@ -561,6 +561,9 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         *(f"| [{name}](#{anchor(SECTIONS[name][1], records.get(name))}) | "
           + (f"{modes[name]} ({records[name]['date']})" if name in records else "not measured") + " | "
           + (f"{records[name]['wall_seconds']:.0f}" if name in records else "-") + " |" for name in SECTIONS),
+        "",
+        *(f"The {mode} sections shown took {total:.0f} s of wall time together." for mode, total in
+          ((m, sum(r["wall_seconds"] for r in records.values() if r["mode"] == m)) for m in MODES) if total),
         "",
     ]
     out += [f"![{p}](results/{p})" for p in plots] + ([""] if plots else [])

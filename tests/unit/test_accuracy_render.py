@@ -92,6 +92,7 @@ def test_page_shows_tables_commands_labels_and_missing_sections():
     # the contents table links each measured section to its heading
     assert "| [nearest](#round-to-nearest-nearest-full-settings) | full (2026-12-06 12:00 UTC) | 30 |" in page
     assert "| [clado](#clado-mixed-precision-clado) | not measured | - |" in page
+    assert "The full sections shown took 30 s" in page and "The quick sections shown took 30 s" in page
 
 
 def test_readme_block_is_inserted_then_replaced_in_place():
