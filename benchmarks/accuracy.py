@@ -106,7 +106,7 @@ class Section:
         seconds = time.perf_counter() - t0
         result = last_json(out.stdout)
         self._runs.append({"command": command, "seconds": round(seconds, 1), "load_avg": round(load, 2),
-                           "cpu_seconds": round(child_cpu_seconds() - cpu0, 1),
+                           "cpu_seconds": round(child_cpu_seconds() - cpu0, 1), "weights": trained_weights(),
                            "output": keep(result) if keep else result})
         return result
 
@@ -436,6 +436,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs"
 
 
+def trained_weights() -> dict[str, str]:
+    """sha256 (12 digits) of the cached fmnist-resnet weights: trained on first use, and two
+    trainings of the same recipe differ, so records say which weights they measured."""
+    import hashlib
+
+    cache = Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(cache.glob("fmnist_resnet-*"))}
+
+
 def run_section(name: str, quick: bool) -> dict:
     fn, title, _ = SECTIONS[name]
     s = Section(name, quick)
@@ -450,7 +459,7 @@ def run_section(name: str, quick: bool) -> dict:
         "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
         "torch": importlib.metadata.version("torch"), "python": platform.python_version(), "machine": machine(),
         "load_avg_start": round(load, 2), "wall_seconds": round(time.perf_counter() - t0, 1),
-        "cpu_seconds": round(child_cpu_seconds() - cpu0, 1),
+        "cpu_seconds": round(child_cpu_seconds() - cpu0, 1), "weights": trained_weights(),
         "tables": s.tables, "headline": s.headline, "points": s.points, **s.extra,
     }
     path = RESULTS / record["mode"] / f"{name}.json"
@@ -537,7 +546,8 @@ def render_section(name: str, record: dict | None) -> list[str]:
     out += [f"*{record['date']}, commit {record['commit']}, torch {record['torch']}, Python {record['python']}, "
             f"{record['machine']}; section wall time {record['wall_seconds']:.0f} s"
             + (f" ({record['cpu_seconds']:.0f} CPU s)" if "cpu_seconds" in record else "") + ", load average "
-            f"{record['load_avg_start']} at its start.*", ""]
+            f"{record['load_avg_start']} at its start"
+            + "".join(f"; {k} sha256 {v}" for k, v in record.get("weights", {}).items()) + ".*", ""]
     return out
 
 
