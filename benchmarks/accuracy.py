@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -55,8 +56,11 @@ def last_json(text: str) -> Any:
     raise ValueError("no JSON object in the output")
 
 
-def stat(values: list[float]) -> dict:
-    """A table cell: mean, sample standard deviation and count of per-seed values."""
+def stat(values: list[float]) -> dict | None:
+    """A table cell: mean, sample standard deviation and count of per-seed values (None, shown
+    as "-", for none)."""
+    if not values:
+        return None
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}
 
@@ -64,6 +68,13 @@ def stat(values: list[float]) -> dict:
 def stat_of(pair: list[float] | tuple[float, float], n: int) -> dict:
     """A cell from a script's own (mean, std) over n seeds."""
     return {"mean": pair[0], "std": pair[1], "n": n}
+
+
+def child_cpu_seconds() -> float:
+    """CPU seconds (user + system) of the finished subprocesses: a run's cost on an idle machine,
+    where the wall time depends on what else runs."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 class Section:
@@ -89,11 +100,13 @@ class Section:
         command = prefix + "python " + shlex.join(args)
         print(f"[{self.name}] {command}", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
+        cpu0 = child_cpu_seconds()
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
         seconds = time.perf_counter() - t0
         result = last_json(out.stdout)
         self._runs.append({"command": command, "seconds": round(seconds, 1), "load_avg": round(load, 2),
+                           "cpu_seconds": round(child_cpu_seconds() - cpu0, 1), "weights": trained_weights(),
                            "output": keep(result) if keep else result})
         return result
 
@@ -124,6 +137,10 @@ def eval_args(model: str, method: str, w: int, a: int | None, seed: int, quick: 
     return args + (["--quick"] if quick else []) + ["--json"]
 
 
+def seeds_text(seeds: list) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+
+
 def wa(w: int, a: int | None) -> str:
     return f"W{w}A{a or 32}"
 
@@ -152,7 +169,7 @@ def sec_nearest(s: Section, quick: bool) -> None:
         s.point("weights", "nearest", w, acc)
     rows.insert(0, ["FP32", fp, 100.0, 32, recs[0]["fp_size_bytes"], None])
     s.extra["fp"] = fp
-    s.table("fmnist-resnet", f"{fmnist_test_set(quick)}, seeds {seeds} (the seed picks the activation "
+    s.table("fmnist-resnet", f"{fmnist_test_set(quick)}, {seeds_text(seeds)} (the seed picks the activation "
             "calibration images; weight-only rounding does not depend on it)",
             ["setting", "accuracy %", "agreement with FP %", "effective bits", "weight bytes", "quantization s"], rows,
             "Effective bits: code bits per quantized weight, the 8-bit first conv and last linear included. "
@@ -180,7 +197,7 @@ def sec_adaround(s: Section, quick: bool) -> None:
             if mode == "layer":
                 s.point("weights", "adaround (layer)", int(setting[1]), ada)
         s.table(label, f"fmnist-resnet, {fmnist_test_set(out['quick_task'])} (FP {out['fp']:.2f} %), {out['iters']} "
-                f"iterations per {mode}, {out['num_calib']} calibration images, seeds {out['rows'][0]['seeds']}",
+                f"iterations per {mode}, {out['num_calib']} calibration images, {seeds_text(out['rows'][0]['seeds'])}",
                 ["setting", "nearest %", f"{label} %", "AdaRound s per run"], rows)
 
 
@@ -206,7 +223,7 @@ def sec_multipoint(s: Section, quick: bool) -> None:
                 s.head("multipoint", "nearest", near["accuracy"])
             s.point("weights", "multipoint (+10 % rows)", t["effective_bits"], acc["multipoint"])
     s.table("fmnist-resnet, weights only", f"{fmnist_test_set(quick)} (FP {out['rows'][0]['fp_metric']:.2f} %), "
-            f"seeds {' '.join(seeds)}",
+            f"{seeds_text(seeds)}",
             ["W, grid", "extra rows", "nearest %", "multipoint %", "random channels %", "+1 bit (same channels) %",
              "+1 bit eq (equal extra bytes) %", "multipoint effective bits", "multipoint weight bytes"], rows,
             "random: the same number of points on random channels; +1 bit: the chosen channels at b+1 bits; "
@@ -240,10 +257,10 @@ def sec_clado(s: Section, quick: bool) -> None:
     names = {"clado": "CLADO %", "diagonal": "diagonal only %", "uniform": "uniform %", "oracle": "exhaustive oracle %"}
     s.table("fmnist-resnet, mixed precision", f"{fmnist_test_set(sm['quick_task'])} (FP {s.extra['fp']:.2f} %), "
             f"weights {{2, 4, 8}} on the {sm['layers']} searched layers, A8, KL to the FP outputs on "
-            f"{sm['num_samples']} samples, seeds {sm['seeds']}", ["avg weight bits", *(names[k] for k in kinds)], rows,
+            f"{sm['num_samples']} samples, {seeds_text(sm['seeds'])}", ["avg weight bits", *(names[k] for k in kinds)], rows,
             f"Spearman correlation of predicted and measured loss change over random allocations: pairwise "
             f"{fmt(stat_of(sm['spearman_pairs'], n))}, diagonal {fmt(stat_of(sm['spearman_diag'], n))}. "
-            + (sm.get("exhaustive_oracle", "") or ""))
+            + (f"Exhaustive oracle {sm['exhaustive_oracle']}." if "exhaustive_oracle" in sm else ""))
 
 
 def sec_aquant(s: Section, quick: bool) -> None:
@@ -266,7 +283,7 @@ def sec_aquant(s: Section, quick: bool) -> None:
             s.point("both", series, bits, cells[m])
     seeds = sorted({r["seed"] for r in out["rows"]})
     s.table("fmnist-resnet, weights and activations", f"{fmnist_test_set(quick)} (FP {out['fp']:.2f} %), "
-            f"{out['rows'][0]['iters']} iterations per block, 256 calibration images, seeds {seeds}",
+            f"{out['rows'][0]['iters']} iterations per block, 256 calibration images, {seeds_text(seeds)}",
             ["setting", "nearest %", "AdaRound block + QDrop %", "AQuant %", "AQuant - QDrop (paired)", "AQuant s per run"],
             rows)
 
@@ -295,7 +312,7 @@ def sec_n2uq(s: Section, quick: bool) -> None:
     s.table("fmnist-resnet, post-training and short finetune",
             f"{fmnist_test_set(quick)} (FP {out['fp']:.2f} %), PTQ: {iters} block iterations, 256 calibration "
             f"images; finetune (QAT, distilled from the FP model): {epochs} epoch(s) of {images} training images, "
-            f"started from the PTQ model in brackets; seeds {' '.join(seeds)}",
+            f"started from the PTQ model in brackets; {seeds_text(seeds)}",
             ["setting", *methods.values(), "finetune s per epoch"], rows)
 
 
@@ -321,7 +338,7 @@ def sec_pipelines(s: Section, quick: bool) -> None:
             rows.append([label, f"{'avg ' if budget else 'W'}{b} A{a}", acc, recs[0]["effective_bits"],
                          recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
     s.table("fmnist-resnet, CLADO's bits rounded by a learned method",
-            f"{fmnist_test_set(quick)} (FP {recs[0]['fp_metric']:.2f} %), seeds {seeds}; CLADO: weights {{2, 4, 8}}, "
+            f"{fmnist_test_set(quick)} (FP {recs[0]['fp_metric']:.2f} %), {seeds_text(seeds)}; CLADO: weights {{2, 4, 8}}, "
             f"budget of average weight bits over the searched layers, "
             + (f"options {json.dumps(clado)}" if clado else "its defaults (every pair, 256 samples)")
             + "; AdaRound layer-wise "
@@ -334,13 +351,15 @@ def sec_pipelines(s: Section, quick: bool) -> None:
 def sec_models(s: Section, quick: bool) -> None:
     seeds = [0] if quick else [0, 1, 2]
     bc = {"bias_correction": True}
-    plans = ((("nearest", 8, None), ("nearest", 8, bc), ("adaround", 4, {"iters": 200})) if quick else
-             (("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc),
-              ("adaround", 4, {"iters": 1000})))
+    plans = [("nearest", 8, None), ("nearest", 8, bc)] if quick else [
+        ("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc)]
+    # AdaRound on mobilenet_v2 takes ~5 minutes whatever its iterations: full mode only
+    learned = {"mobilenet_v2": [] if quick else [("adaround", 4, {"iters": 1000})],
+               "minilm": [("adaround", 4, {"iters": 50 if quick else 1000})]}
     for model, metric, agreement in (("mobilenet_v2", "probe accuracy %", "photo top-1 agreement with FP %"),
                                      ("minilm", "Recall@1 %", "cosine to FP x 100")):
         rows, fp = [], None
-        for method, w, options in plans:
+        for method, w, options in plans + learned[model]:
             recs = [s.run(eval_args(model, method, w, 8, seed, quick, options), keep=drop("bits_per_layer"))
                     for seed in seeds]
             fp = recs[0]
@@ -349,7 +368,7 @@ def sec_models(s: Section, quick: bool) -> None:
                          recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
         rows.insert(0, ["FP32", "W32A32", fp["fp_metric"], 100.0, fp["fp_size_bytes"], None])
         size = "quick task (fewer calibration and evaluation samples)" if quick else "full task"
-        s.table(model, f"{size}, seeds {seeds}", ["method", "setting", metric, agreement, "weight bytes",
+        s.table(model, f"{size}, {seeds_text(seeds)}", ["method", "setting", metric, agreement, "weight bytes",
                                                   "quantization s"], rows)
 
 
@@ -417,10 +436,20 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs"
 
 
+def trained_weights() -> dict[str, str]:
+    """sha256 (12 digits) of the cached fmnist-resnet weights: trained on first use, and two
+    trainings of the same recipe differ, so records say which weights they measured."""
+    import hashlib
+
+    cache = Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(cache.glob("fmnist_resnet-*"))}
+
+
 def run_section(name: str, quick: bool) -> dict:
     fn, title, _ = SECTIONS[name]
     s = Section(name, quick)
     load = os.getloadavg()[0]
+    cpu0 = child_cpu_seconds()
     t0 = time.perf_counter()
     fn(s, quick)
     dirty = bool(git("status", "--porcelain", "--", "python", "cpp", "benchmarks"))
@@ -430,6 +459,7 @@ def run_section(name: str, quick: bool) -> dict:
         "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
         "torch": importlib.metadata.version("torch"), "python": platform.python_version(), "machine": machine(),
         "load_avg_start": round(load, 2), "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(child_cpu_seconds() - cpu0, 1), "weights": trained_weights(),
         "tables": s.tables, "headline": s.headline, "points": s.points, **s.extra,
     }
     path = RESULTS / record["mode"] / f"{name}.json"
@@ -454,19 +484,19 @@ def load_records(results: Path = RESULTS) -> dict[str, dict]:
 # --- rendering ----------------------------------------------------------------------------------
 
 
-def fmt(value: Any) -> str:
-    """A table cell: mean +- std over seeds ("(n=1)" for one seed), numbers to 2 decimals,
-    integers as they are, missing as "-"."""
+def fmt(value: Any, digits: int = 2) -> str:
+    """A table cell: mean +- std over seeds (the mean alone for one seed: the settings say how
+    many), numbers to `digits` decimals, integers as they are, missing as "-"."""
     if value is None:
         return "-"
     if isinstance(value, dict):
         if value["n"] > 1:
-            return f"{value['mean']:.2f} +- {value['std']:.2f}"
-        return f"{value['mean']:.2f} (n=1)"
+            return f"{value['mean']:.{digits}f} +- {value['std']:.{digits}f}"
+        return f"{value['mean']:.{digits}f}"
     if isinstance(value, bool) or isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return f"{value:.2f}" if abs(value) < 1e5 else f"{value:.0f}"
+        return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.0f}"
     return str(value)
 
 
@@ -482,8 +512,9 @@ def commands(runs: list[dict]) -> list[str]:
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> list[str]:
+    digits = [1 if c.endswith(" s") or " s per " in c else 2 for c in columns]  # seconds to 0.1 s
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
-            *("| " + " | ".join(fmt(c) for c in row) + " |" for row in rows)]
+            *("| " + " | ".join(fmt(c, d) for c, d in zip(row, digits)) + " |" for row in rows)]
 
 
 def label(record: dict) -> str:
@@ -507,11 +538,16 @@ def render_section(name: str, record: dict | None) -> list[str]:
             out += [t["note"], ""]
         secs = sum(r["seconds"] for r in t["runs"])
         loads = [r["load_avg"] for r in t["runs"]]
-        out += [f"Wall time {secs:.0f} s over {len(t['runs'])} command(s), load average {min(loads):.1f}-"
-                f"{max(loads):.1f} at their starts.", ""]
+        cpu = [r["cpu_seconds"] for r in t["runs"] if "cpu_seconds" in r]
+        out += [f"Wall time {secs:.0f} s over {len(t['runs'])} command(s)"
+                + (f" ({sum(cpu):.0f} CPU s)" if len(cpu) == len(t["runs"]) else "")
+                + (f", load average {loads[0]:.1f} at its start." if len(loads) == 1 else
+                   f", load average {min(loads):.1f}-{max(loads):.1f} at their starts."), ""]
     out += [f"*{record['date']}, commit {record['commit']}, torch {record['torch']}, Python {record['python']}, "
-            f"{record['machine']}; section wall time {record['wall_seconds']:.0f} s, load average "
-            f"{record['load_avg_start']} at its start.*", ""]
+            f"{record['machine']}; section wall time {record['wall_seconds']:.0f} s"
+            + (f" ({record['cpu_seconds']:.0f} CPU s)" if "cpu_seconds" in record else "") + ", load average "
+            f"{record['load_avg_start']} at its start"
+            + "".join(f"; {k} sha256 {v}" for k, v in record.get("weights", {}).items()) + ".*", ""]
     return out
 
 
@@ -525,7 +561,7 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         "Every figure here was printed by the command above its table and stored, with the date, commit, "
         "machine, wall time and load average of the run, in `docs/results/<quick|full>/<section>.json`. "
         "`python benchmarks/accuracy.py --quick` (`make results`) measures every section with small settings "
-        "in under 20 minutes on 2 cores; `python benchmarks/accuracy.py` with the full ones (3 seeds, the "
+        "(one seed, the quick task, short schedules); `python benchmarks/accuracy.py` with the full ones (3 seeds, the "
         "full test set, longer schedules); `--only SECTION` runs one section and `--render-only` rebuilds this "
         "page and the README's methods table from the stored files. Each section shows its full run where one "
         "is stored, else the quick one, and its heading says which. Accuracy does not depend on the machine or "
@@ -535,6 +571,9 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         *(f"| [{name}](#{anchor(SECTIONS[name][1], records.get(name))}) | "
           + (f"{modes[name]} ({records[name]['date']})" if name in records else "not measured") + " | "
           + (f"{records[name]['wall_seconds']:.0f}" if name in records else "-") + " |" for name in SECTIONS),
+        "",
+        *(f"The {mode} sections shown took {total:.0f} s of wall time together." for mode, total in
+          ((m, sum(r["wall_seconds"] for r in records.values() if r["mode"] == m)) for m in MODES) if total),
         "",
     ]
     out += [f"![{p}](results/{p})" for p in plots] + ([""] if plots else [])
@@ -550,20 +589,25 @@ def anchor(title: str, record: dict | None) -> str:
 
 
 def readme_block(records: dict[str, dict]) -> str:
-    heads: dict[str, list[str]] = {}
+    heads: dict[str, list[tuple[str, str]]] = {}  # method: (figure, how it was measured)
     for r in records.values():
         for h in r["headline"]:
-            tag = " (quick settings)" if r["mode"] == "quick" else ""
-            heads.setdefault(h["method"], []).append(f"{h['label']} {fmt(h['value'])}{tag}")
-    fp = records.get("nearest", {}).get("fp")
-    fp_text = f"FP32 {fmt(fp)} on the nearest table's test set; " if fp is not None else ""
+            one_seed = isinstance(h["value"], dict) and h["value"]["n"] == 1
+            tags = ", ".join(["quick settings"] * (r["mode"] == "quick") + ["1 seed"] * one_seed)
+            heads.setdefault(h["method"], []).append((f"{h['label']} {fmt(h['value'])}", f" ({tags})" if tags else ""))
+    near = records.get("nearest")
+    fp_text = f"FP32 {fmt(near['fp'])} on the {fmnist_test_set(near['mode'] == 'quick')}; " if near and "fp" in near else ""
     lines = [BEGIN,
              textwrap.fill(f"Headline figures: fmnist-resnet test accuracy (%, {fp_text}mean +- std over "
-                           "calibration seeds, n=1 where one seed), generated by `python benchmarks/accuracy.py`, "
+                           "calibration seeds), generated by `python benchmarks/accuracy.py`, "
                            "with each command, setting and wall time in `docs/results.md`.", 100), "",
              "| method | what it does | fmnist-resnet, headline setting | page |", "|---|---|---|---|"]
     for method, (what, page) in METHODS.items():
-        figures = "; ".join(heads.get(method, [])) or "not measured yet"
+        items = heads.get(method, [])
+        if len({tag for _, tag in items}) == 1:  # one note for the cell when every figure shares it
+            figures = "; ".join(text for text, _ in items) + items[0][1]
+        else:
+            figures = "; ".join(text + tag for text, tag in items) or "not measured yet"
         lines.append(f"| `{method}` | {what} | {figures} | `docs/{page}.md` |")
     return "\n".join(lines + [END])
 
@@ -595,6 +639,7 @@ def plot(records: dict[str, dict], results: Path = RESULTS) -> list[str]:
     points = [p for r in records.values() for p in r["points"]]
     if points:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig.suptitle("as measured in the sections below (quick or full settings, as each says)", fontsize=9)
         titles = {"weights": "weights only (A8 or float activations)", "both": "weights and activations at b bits"}
         for ax, panel in zip(axes, titles):
             series = sorted({p["series"] for p in points if p["panel"] == panel})
@@ -605,6 +650,7 @@ def plot(records: dict[str, dict], results: Path = RESULTS) -> list[str]:
             ax.set(title=titles[panel], xlabel="weight bits (CLADO: average; multipoint: effective)",
                    ylabel="fmnist-resnet test accuracy %")
             ax.grid(alpha=0.3)
+            ax.xaxis.get_major_locator().set_params(integer=True)
             if series:
                 ax.legend(fontsize=8)
         fig.tight_layout()
@@ -622,7 +668,7 @@ def plot(records: dict[str, dict], results: Path = RESULTS) -> list[str]:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cb["names"]))],
                       [f"{n}\n{p / 1e3:.0f}k" for n, p in zip(cb["names"], cb["params"])], rotation=60, fontsize=7)
         ax.set(ylabel="weight bits", title=f"CLADO's bits per layer on fmnist-resnet (seed {cb['seed']}; "
-               "layer and its weights)", yticks=[2, 4, 8])
+               "under each layer, its weight count)", yticks=[2, 4, 8])
         ax.legend()
         fig.tight_layout()
         fig.savefig(results / "clado_bits.png", dpi=110)
@@ -647,16 +693,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the records of the sections run as JSON")
     args = ap.parse_args(argv)
     names = args.only or [n for n, (_, _, in_quick) in SECTIONS.items() if in_quick or not args.quick]
-    ran = {}
+    ran, failed = {}, []
     t0 = time.perf_counter()
     if not args.render_only:
         for name in names:
-            ran[name] = run_section(name, args.quick)
-        print(f"{len(ran)} section(s) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            try:
+                ran[name] = run_section(name, args.quick)
+            except (subprocess.CalledProcessError, ValueError, KeyError) as e:  # the others still run
+                print(f"[{name}] failed, nothing stored: {e!r}", file=sys.stderr, flush=True)
+                failed.append(name)
+        print(f"{len(ran)} section(s) in {time.perf_counter() - t0:.0f} s" + (f"; failed: {failed}" if failed else ""),
+              file=sys.stderr)
     render()
     if args.json:
         print(json.dumps(ran))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

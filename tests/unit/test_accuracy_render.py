@@ -30,7 +30,7 @@ Bundled offline models: after the table.
 
 def record(section: str, mode: str, accuracy: float, n: int = 3, **extra) -> dict:
     runs = [{"command": f"python -m lowbit eval --method {section} --seed {s} --json", "seconds": 10.0,
-             "load_avg": 1.0 + s, "output": {}} for s in range(n)]
+             "load_avg": 1.0 + s, "cpu_seconds": 4.0, "output": {}} for s in range(n)]
     return {
         "section": section, "mode": mode, "date": "2026-12-06 12:00 UTC", "commit": "abc1234", "torch": "2.13.0",
         "python": "3.11.7", "machine": "Test CPU, 2 CPUs", "load_avg_start": 1.5, "wall_seconds": 30.0,
@@ -50,13 +50,15 @@ def store(root: Path, rec: dict) -> None:
 
 def test_cells_format_mean_std_and_single_seeds():
     assert acc.fmt({"mean": 90.8412, "std": 0.1149, "n": 3}) == "90.84 +- 0.11"
-    assert acc.fmt({"mean": 90.8462, "std": 0.0, "n": 1}) == "90.85 (n=1)"
+    assert acc.fmt({"mean": 90.8462, "std": 0.0, "n": 1}) == "90.85"
+    assert acc.fmt({"mean": 12.34, "std": 0.06, "n": 3}, digits=1) == "12.3 +- 0.1"
     assert acc.fmt(None) == "-"
     assert acc.fmt(91872) == "91872"
     assert acc.fmt(3.14159) == "3.14"
     assert acc.fmt("W2A32") == "W2A32"
     assert acc.stat([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert acc.stat([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
+    assert acc.fmt(acc.stat([])) == "-"
 
 
 def test_full_results_are_preferred_to_quick_ones(tmp_path):
@@ -80,9 +82,9 @@ def test_page_shows_tables_commands_labels_and_missing_sections():
     assert "## Round to nearest (`nearest`) (full settings)" in page
     assert "## AdaRound (`adaround`) (quick settings)" in page
     assert "| W4A8 | 90.84 +- 0.12 |" in page
-    assert "| W4A8 | 70.00 (n=1) |" in page
+    assert "| W4A8 | 70.00 |" in page
     assert "    python -m lowbit eval --method nearest --seed {0,1,2} --json" in page
-    assert "Wall time 30 s over 3 command(s), load average 1.0-3.0" in page
+    assert "Wall time 30 s over 3 command(s) (12 CPU s), load average 1.0-3.0" in page
     assert "commit abc1234" in page and "a note" in page
     assert "Not measured yet: `python benchmarks/accuracy.py --only clado`" in page
     assert "--only kernels` (full mode only)" in page
@@ -90,6 +92,7 @@ def test_page_shows_tables_commands_labels_and_missing_sections():
     # the contents table links each measured section to its heading
     assert "| [nearest](#round-to-nearest-nearest-full-settings) | full (2026-12-06 12:00 UTC) | 30 |" in page
     assert "| [clado](#clado-mixed-precision-clado) | not measured | - |" in page
+    assert "The full sections shown took 30 s" in page and "The quick sections shown took 30 s" in page
 
 
 def test_readme_block_is_inserted_then_replaced_in_place():
@@ -97,8 +100,8 @@ def test_readme_block_is_inserted_then_replaced_in_place():
     once = acc.replace_block(README, acc.readme_block(records))
     assert once.startswith("# proj\n\nintro\n\n" + acc.BEGIN)
     assert "Headline figures: old text." not in once and "| old |" not in once
-    assert "| `nearest` | round to nearest" in once and "W4A8 90.84 +- 0.12 (quick settings)" in once
-    assert "FP32 91.50" in once
+    assert "| `nearest` | round to nearest" in once and "W4A8 90.84 +- 0.12 (quick settings) |" in once
+    assert "FP32 91.50 on the quick task's 2000 test images" in once
     assert "| `clado` | " in once and "not measured yet" in once
     assert once.endswith(acc.END + "\n\nBundled offline models: after the table.\n")
     records["nearest"] = record("nearest", "full", 91.0)
@@ -115,6 +118,17 @@ def test_render_writes_page_and_readme_from_stored_files_only(tmp_path):
     assert set(records) == {"nearest"}
     assert "| W4A8 | 88.00 +- 0.12 |" in page.read_text()
     assert "W4A8 88.00 +- 0.12 (quick settings)" in readme.read_text()
+
+
+def test_table_seconds_get_one_decimal_and_one_seed_is_tagged_in_the_readme():
+    lines = acc.markdown_table(["setting", "accuracy %", "quantization s", "AdaRound s per run"],
+                               [["W2", {"mean": 90.0, "std": 0.0, "n": 1}, 12.345, {"mean": 7.66, "std": 0.0, "n": 1}]])
+    assert lines[2] == "| W2 | 90.00 | 12.3 | 7.7 |"
+    rec = record("clado", "quick", 91.0, n=1)
+    rec["headline"].append({"method": "clado", "label": "W2A8", "value": {"mean": 80.0, "std": 0.0, "n": 1}})
+    assert "W4A8 91.00; W2A8 80.00 (quick settings, 1 seed) |" in acc.readme_block({"clado": rec})
+    rec["headline"][1]["value"]["n"] = 3
+    assert "W4A8 91.00 (quick settings, 1 seed); W2A8 80.00 +- 0.00 (quick settings) |" in acc.readme_block({"clado": rec})
 
 
 def test_last_json_finds_the_final_object():
