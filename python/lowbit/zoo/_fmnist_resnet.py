@@ -11,6 +11,7 @@ weights.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -150,13 +151,18 @@ def fmnist_resnet(pretrained: bool = True, progress: bool = True) -> FmnistResNe
     from safetensors.torch import load_file, save_file
 
     path = weights_file()
-    if path.exists():
-        model = FmnistResNet()
-        model.load_state_dict(load_file(path))
-        return model.eval()
-    log.info("fmnist-resnet: no cached weights at %s, training (once)", path)
-    model, info = train(progress=progress and not os.environ.get("LOWBIT_NO_PROGRESS"))
-    meta = {k: f"{v:.2f}" for k, v in info.items()} | {"recipe": str(asdict(Recipe()))}
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
-    return model
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One process trains, the others wait and load its weights: two trainings of the recipe
+        # differ in the last bits (thread count, ISA), and every run should measure one model.
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                log.info("fmnist-resnet: no cached weights at %s, training (once)", path)
+                trained, info = train(progress=progress and not os.environ.get("LOWBIT_NO_PROGRESS"))
+                meta = {k: f"{v:.2f}" for k, v in info.items()} | {"recipe": str(asdict(Recipe()))}
+                state = {k: v.contiguous() for k, v in trained.state_dict().items()}
+                atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    model = FmnistResNet()
+    model.load_state_dict(load_file(path))
+    return model.eval()
