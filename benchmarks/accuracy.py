@@ -307,7 +307,7 @@ def sec_n2uq(s: Section, quick: bool) -> None:
         rows.append([wa(bits, bits), *cells.values(), stat(epoch_s)])
         if bits == 2:
             s.head("n2uq", "W2A2 PTQ", cells["n2uq"])
-            s.head("n2uq", f"after `finetune` (QAT, {epochs} short epoch{"s" if epochs != 1 else ""})", cells["n2uq+ft"])
+            s.head("n2uq", f"after `finetune` (QAT, {epochs} short epoch{'s' if epochs != 1 else ''})", cells["n2uq+ft"])
         s.point("both", "N2UQ (PTQ)", bits, cells["n2uq"])
     s.table("fmnist-resnet, post-training and short finetune",
             f"{fmnist_test_set(quick)} (FP {out['fp']:.2f} %), PTQ: {iters} block iterations, 256 calibration "
