@@ -236,8 +236,9 @@ def sec_clado(s: Section, quick: bool) -> None:
         return {"summary": out["summary"], "runs": [{**r, "study": drop("G", "random")(r["study"])}
                                                     for r in out["runs"]]}
 
-    # --quick: one seed, 128 samples, 20 random allocations, the quick task
-    args = ["--quick"] if quick else ["--seeds", "0", "1", "2", "--num-samples", "128"]
+    # --quick: one seed, 128 samples, 20 random allocations, the quick task. Full: the 8 largest
+    # layers searched, so the exhaustive oracle (3^8 allocations) runs beside CLADO (issue 5).
+    args = ["--quick"] if quick else ["--seeds", "0", "1", "2", "--num-samples", "128", "--search", "8"]
     out = s.run(["benchmarks/clado_fmnist.py", *args, "--json"], keep=keep)
     sm = out["summary"]
     n = len(sm["seeds"])
