@@ -61,7 +61,7 @@ struct IQPProblem {
 };
 
 struct IQPOptions {
-  double time_limit = 10.0;         // seconds of wall time for the whole call (> 0)
+  double time_limit = 10.0;         // seconds of wall time for the whole call (> 0), returned within it
   int64_t node_limit = 1000000;     // branch-and-bound nodes (relaxations solved)
   double gap_tol = 1e-9;            // stop when gap <= gap_tol
   uint64_t seed = 0;                // local-search perturbations (the only randomness)
