@@ -248,8 +248,7 @@ def sec_clado(s: Section, quick: bool) -> None:
     for b in (3, 4, 5):
         rows.append([b, *(stat_of(sm[f"acc_{k}_{b}"], n) for k in kinds)])
         s.point("weights", "CLADO (A8)", b, stat_of(sm[f"acc_clado_{b}"], n))
-    s.head("clado", "4 avg bits A8", stat_of(sm["acc_clado_4"], n))
-    s.head("clado", "uniform W4A8", stat_of(sm["acc_uniform_4"], n))
+    s.headline += clado_headline(sm)
     study = out["runs"][0]["study"]
     s.extra["clado_bits"] = {"names": study["names"], "params": study["params"],
                              "budgets": {b: v["clado"]["bits"] for b, v in study["budgets"].items()},
@@ -262,6 +261,15 @@ def sec_clado(s: Section, quick: bool) -> None:
             f"Spearman correlation of predicted and measured loss change over random allocations: pairwise "
             f"{fmt(stat_of(sm['spearman_pairs'], n))}, diagonal {fmt(stat_of(sm['spearman_diag'], n))}. "
             + (f"Exhaustive oracle {sm['exhaustive_oracle']}." if "exhaustive_oracle" in sm else ""))
+
+
+def clado_headline(sm: dict) -> list[dict]:
+    """3 average bits, where the search matters (at 4 every search picks W4 everywhere): CLADO,
+    the diagonal-only search and uniform bits of the same size."""
+    n = len(sm["seeds"])
+    return [{"method": "clado", "label": label, "value": stat_of(sm[key], n)}
+            for label, key in (("3 avg bits A8", "acc_clado_3"), ("diagonal only", "acc_diagonal_3"),
+                               ("uniform W3A8", "acc_uniform_3")) if key in sm]
 
 
 def sec_aquant(s: Section, quick: bool) -> None:
