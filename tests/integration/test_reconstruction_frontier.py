@@ -71,3 +71,18 @@ def test_frontier_gives_the_same_codes_with_fewer_forwards(seqnet, monkeypatch, 
     for n in a:
         assert torch.equal(a[n], b[n]), n
     assert fast_calls < Tap.calls, (fast_calls, Tap.calls)  # (the saving grows with depth)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_frontier_without_room_runs_from_the_network_input(seqnet, monkeypatch):
+    kw = dict(w_bits=3, a_bits=4, num_samples=128, keep_first_last=None, progress=False, seed=1,
+              config={"iters": 20, "mode": "layer"})
+    monkeypatch.setattr(adaround, "FRONTIER_LIMIT_BYTES", 0)
+    Tap.calls = 0
+    capped = codes(lowbit.quantize(seqnet, loader(), "adaround", **kw))
+    capped_calls = Tap.calls
+    monkeypatch.setattr(adaround, "_samples", lambda ctx, n: list(calib.chunks(ctx.batches, n)))
+    Tap.calls = 0
+    plain = codes(lowbit.quantize(seqnet, loader(), "adaround", **kw))
+    assert capped_calls == Tap.calls
+    assert all(torch.equal(capped[n], plain[n]) for n in plain)

@@ -58,6 +58,7 @@ _PROGRESS_UPDATES = 50  # progress-bar refreshes per layer / block
 LAYER_ITERS = 10000  # default iterations per layer (the AdaRound paper's)
 BLOCK_ITERS = 2000  # default iterations per block (CPU budget; BRECQ/QDrop use 20000 on a GPU)
 CACHE_LIMIT_BYTES = 2 << 30  # rows objective / block mode: cap on the cached calibration tensors
+FRONTIER_LIMIT_BYTES = 2 << 30  # per network: cap on the cached restart inputs (_Frontier)
 GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this many rows steps
 
 
@@ -176,6 +177,15 @@ class _Frontier:
                         self.where.setdefault(m, (seq, k))
         self.inputs: dict[int, tuple[nn.Sequential, int, torch.Tensor]] = {}  # id(batch): (seq, k, input of seq[k])
 
+    def _store(self, batch: calib.Batch, entry: tuple[nn.Sequential, int, torch.Tensor]) -> None:
+        """Caches entry for batch unless the cache would pass FRONTIER_LIMIT_BYTES (that batch
+        then runs from the network input)."""
+        old = self.inputs.pop(id(batch), None)
+        used = sum(x.numel() * x.element_size() for _, _, x in self.inputs.values())
+        if used + entry[2].numel() * entry[2].element_size() <= FRONTIER_LIMIT_BYTES:
+            self.inputs[id(batch)] = entry
+        del old
+
     def run_until(self, batch: calib.Batch, target: nn.Module) -> None:
         """Runs the network on ``batch`` until a hook on ``target`` raises _Stop."""
         loc = self.where.get(target)
@@ -186,7 +196,7 @@ class _Frontier:
         cached = self.inputs.get(id(batch))
         if cached is None or cached[0] is not seq or cached[1] > k:
             def keep(m, args):  # (a copy: the child may work in place)
-                self.inputs[id(batch)] = (seq, k, args[0].detach().clone())
+                self._store(batch, (seq, k, args[0].detach().clone()))
 
             hook = seq[k].register_forward_pre_hook(keep)
             try:
@@ -197,7 +207,7 @@ class _Frontier:
         _, start, x = cached
         for j in range(start, k):
             x = seq[j](x)
-        self.inputs[id(batch)] = (seq, k, x)
+        self._store(batch, (seq, k, x))
         try:
             seq[k](x.clone())
         except _Stop:
