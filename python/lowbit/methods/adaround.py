@@ -58,6 +58,7 @@ _PROGRESS_UPDATES = 50  # progress-bar refreshes per layer / block
 LAYER_ITERS = 10000  # default iterations per layer (the AdaRound paper's)
 BLOCK_ITERS = 2000  # default iterations per block (CPU budget; BRECQ/QDrop use 20000 on a GPU)
 CACHE_LIMIT_BYTES = 2 << 30  # rows objective / block mode: cap on the cached calibration tensors
+FRONTIER_LIMIT_BYTES = 2 << 30  # per network: cap on the cached restart inputs (_Frontier)
 GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this many rows steps
 
 
@@ -157,10 +158,76 @@ def _run_until(model: nn.Module, batch: calib.Batch) -> None:
         pass
 
 
+class _Frontier:
+    """Where one network's forward can restart during a reconstruction run: the input of a child
+    of an nn.Sequential on the way to the module asked for, cached per calibration batch.
+
+    Layers and blocks are reconstructed in execution order, so everything before that child is
+    final when a later one asks, and the cache only moves forward, child by child: the network
+    runs about once over the calibration set instead of once per layer from its start. Modules
+    outside any plain nn.Sequential (and a first request) run the whole network as before."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.where: dict[nn.Module, tuple[nn.Sequential, int]] = {}
+        for seq in model.modules():  # pre-order: the outermost Sequential claims a module first
+            if isinstance(seq, nn.Sequential) and type(seq).forward is nn.Sequential.forward:
+                for k, child in enumerate(seq):
+                    for m in child.modules():
+                        self.where.setdefault(m, (seq, k))
+        self.inputs: dict[int, tuple[nn.Sequential, int, torch.Tensor]] = {}  # id(batch): (seq, k, input of seq[k])
+
+    def _store(self, batch: calib.Batch, entry: tuple[nn.Sequential, int, torch.Tensor]) -> None:
+        """Caches entry for batch unless the cache would pass FRONTIER_LIMIT_BYTES (that batch
+        then runs from the network input)."""
+        old = self.inputs.pop(id(batch), None)
+        used = sum(x.numel() * x.element_size() for _, _, x in self.inputs.values())
+        if used + entry[2].numel() * entry[2].element_size() <= FRONTIER_LIMIT_BYTES:
+            self.inputs[id(batch)] = entry
+        del old
+
+    def run_until(self, batch: calib.Batch, target: nn.Module) -> None:
+        """Runs the network on ``batch`` until a hook on ``target`` raises _Stop."""
+        loc = self.where.get(target)
+        if loc is None:
+            _run_until(self.model, batch)
+            return
+        seq, k = loc
+        cached = self.inputs.get(id(batch))
+        if cached is None or cached[0] is not seq or cached[1] > k:
+            def keep(m, args):  # (a copy: the child may work in place)
+                self._store(batch, (seq, k, args[0].detach().clone()))
+
+            hook = seq[k].register_forward_pre_hook(keep)
+            try:
+                _run_until(self.model, batch)
+            finally:
+                hook.remove()
+            return
+        _, start, x = cached
+        for j in range(start, k):
+            x = seq[j](x)
+        self._store(batch, (seq, k, x))
+        try:
+            seq[k](x.clone())
+        except _Stop:
+            pass
+
+
+class _Calibration(list):
+    """The calibration batches of one reconstruction run, with a _Frontier per network."""
+
+    def __init__(self, ctx: QuantContext, batches: Iterable[calib.Batch]):
+        super().__init__(batches)
+        self.fp, self.q = _Frontier(ctx.fp_model), _Frontier(ctx.qmodel)
+
+
 def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: calib.Batch,
-               q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x):
+               q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+               fronts: _Calibration | None = None):
     """(FP input, FP output, quantized-network input mapped by ``q_input``) of one module for
-    one batch, in float32; each network runs only up to that module."""
+    one batch, in float32; each network runs only up to that module (from ``fronts``' cached
+    inputs where it can)."""
     got: dict[str, torch.Tensor] = {}
 
     def fp_in(m, args):
@@ -174,15 +241,16 @@ def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: ca
         got["xq"] = q_input(args[0].detach())
         raise _Stop
 
-    def run(model: nn.Module, hooks: list) -> None:
+    def run(front: _Frontier, target: nn.Module, hooks: list) -> None:
         try:
-            _run_until(model, batch)
+            front.run_until(batch, target)
         finally:
             for h in hooks:
                 h.remove()
 
-    run(ctx.fp_model, [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)])
-    run(ctx.qmodel, [q_mod.register_forward_pre_hook(q_in)])
+    fp_front, q_front = (fronts.fp, fronts.q) if fronts is not None else (_Frontier(ctx.fp_model), _Frontier(ctx.qmodel))
+    run(fp_front, fp_mod, [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)])
+    run(q_front, q_mod, [q_mod.register_forward_pre_hook(q_in)])
     return got["x"].float(), got["y"].float(), got["xq"].float()
 
 
@@ -220,8 +288,9 @@ def relu_followed(model: nn.Module, modules: dict[str, nn.Module], batch: calib.
     return mode.found
 
 
-def _samples(ctx: QuantContext, config: AdaRoundConfig) -> list[calib.Batch]:
-    return list(calib.chunks(ctx.batches, config.num_samples))
+def _samples(ctx: QuantContext, num_samples: int) -> _Calibration:
+    """The first num_samples calibration samples, for one reconstruction run in execution order."""
+    return _Calibration(ctx, calib.chunks(ctx.batches, num_samples))
 
 
 @dataclasses.dataclass
@@ -310,6 +379,7 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
                    batches: list[calib.Batch]) -> _LayerData:
     """Stream the calibration set through both networks up to layer `name` (and no further)."""
     q, fp = ctx.qlayer(name), ctx.fp_layer(name)
+    fronts = batches if isinstance(batches, _Calibration) else None
     o, d = grid.W.shape
     G = grid.groups
     bias = None if q.bias is None else q.bias.detach()
@@ -317,7 +387,7 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
     xs, ys = [], []
     with torch.no_grad():
         for b in batches:
-            x, y, xq = _module_io(ctx, fp, q, b, q.quantize_input)
+            x, y, xq = _module_io(ctx, fp, q, b, q.quantize_input, fronts)
             if not (torch.isfinite(xq).all() and torch.isfinite(y).all()):
                 raise ValueError(f"layer '{name}': NaN or Inf in its calibration inputs or outputs")
             rows_per_sample = y[0].numel() // o
@@ -635,6 +705,7 @@ class ActStepExtension(BlockExtension):
 def _collect_block(ctx: QuantContext, unit: BlockUnit, batches: list[calib.Batch]):
     """Block inputs of both networks and the FP block outputs over the calibration set."""
     fp_mod, q_mod = ctx.fp_model.get_submodule(unit.name), ctx.qmodel.get_submodule(unit.name)
+    fronts = batches if isinstance(batches, _Calibration) else None
     xs, xqs, ys = [], [], []
 
     left = None  # samples still to cache: at most CACHE_LIMIT_BYTES of X, Xq and Y together
@@ -642,7 +713,7 @@ def _collect_block(ctx: QuantContext, unit: BlockUnit, batches: list[calib.Batch
         for b in batches:
             if left is not None and left <= 0:
                 break
-            x, y, xq = _module_io(ctx, fp_mod, q_mod, b)
+            x, y, xq = _module_io(ctx, fp_mod, q_mod, b, fronts=fronts)
             if left is None:
                 left = max(1, CACHE_LIMIT_BYTES // ((2 * x[0].numel() + y[0].numel()) * 4))
             k = min(left, x.shape[0])
@@ -790,7 +861,7 @@ def reconstruct_block(ctx: QuantContext, unit: BlockUnit, config: AdaRoundConfig
 def run_reconstruction(ctx: QuantContext, config: AdaRoundConfig, extensions: Iterable[BlockExtension] = ()) -> None:
     """Layer or block reconstruction over the whole model, in execution order. ``extensions``
     (block mode) add learnable parameters to every block's loop."""
-    batches = _samples(ctx, config)
+    batches = _samples(ctx, config.num_samples)
     names = [s.name for s in ctx.layers if config.reconstruct_8bit or s.w_bits < 8]
     if not names:
         return

@@ -315,7 +315,7 @@ def border_stats(ctx: QuantContext, names: list[str], batches: list[calib.Batch]
 
 
 def run_aquant(ctx: QuantContext, config: AQuantConfig) -> None:
-    batches = A._samples(ctx, config)
+    batches = A._samples(ctx, config.num_samples)
     names = [s.name for s in ctx.layers if config.reconstruct_8bit or s.w_bits < 8]
     if not names:
         return

@@ -284,7 +284,7 @@ def run(ctx: QuantContext, config: N2UQConfig) -> None:
             q.set_codes(codes, scale, zero, q.w_bits)
             per_layer_alpha[name] = alpha
     ada = config.adaround()
-    batches = list(calib.chunks(ctx.batches, config.num_samples))
+    batches = adaround._samples(ctx, config.num_samples)
     units = _units(ctx, names, batches[0].head(2))
     for i, unit in enumerate(units):
         ext = LTQExtension(config.threshold_lr, config.drop_prob)
