@@ -362,7 +362,7 @@ def sec_models(s: Section, quick: bool) -> None:
     bc = {"bias_correction": True}
     plans = [("nearest", 8, None), ("nearest", 8, bc)] if quick else [
         ("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc)]
-    # AdaRound on mobilenet_v2 takes ~5 minutes whatever its iterations: full mode only
+    # mobilenet_v2's AdaRound and W4 rows in full mode only: the quick run stays under 20 minutes
     learned = {"mobilenet_v2": [] if quick else [("adaround", 4, {"iters": 1000})],
                "minilm": [("adaround", 4, {"iters": 50 if quick else 1000})]}
     for model, metric, agreement in (("mobilenet_v2", "probe accuracy %", "photo top-1 agreement with FP %"),
