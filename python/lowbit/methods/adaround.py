@@ -241,16 +241,19 @@ def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: ca
         got["xq"] = q_input(args[0].detach())
         raise _Stop
 
-    def run(front: _Frontier, target: nn.Module, hooks: list) -> None:
+    def run(model: nn.Module, front: _Frontier | None, target: nn.Module, hooks: list) -> None:
         try:
-            front.run_until(batch, target)
+            if front is None:
+                _run_until(model, batch)
+            else:
+                front.run_until(batch, target)
         finally:
             for h in hooks:
                 h.remove()
 
-    fp_front, q_front = (fronts.fp, fronts.q) if fronts is not None else (_Frontier(ctx.fp_model), _Frontier(ctx.qmodel))
-    run(fp_front, fp_mod, [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)])
-    run(q_front, q_mod, [q_mod.register_forward_pre_hook(q_in)])
+    run(ctx.fp_model, None if fronts is None else fronts.fp, fp_mod,
+        [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)])
+    run(ctx.qmodel, None if fronts is None else fronts.q, q_mod, [q_mod.register_forward_pre_hook(q_in)])
     return got["x"].float(), got["y"].float(), got["xq"].float()
 
 
