@@ -30,8 +30,8 @@
 //    dual of that relaxation instead: a concave function of k + m variables, maximised by
 //    Newton's method on a soft-min smoothing, every evaluated point a valid bound;
 //  - reduced-cost fixing from that bound, branching on the most fractional layer, best-first
-//    node order, rounding + local search at the nodes (pair moves for roundings near the
-//    incumbent).
+//    node order, rounding + local search at the nodes (pair and compound moves for roundings
+//    near the incumbent, the compound ones within a share of the time).
 // Single-threaded and deterministic apart from where the time limit falls; the local-search
 // restarts run through parallel_for and are reduced in restart order, so the result does
 // not depend on the thread count.

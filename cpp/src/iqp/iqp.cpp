@@ -35,7 +35,7 @@
 // relaxed block is most fractional, one child per remaining choice. Incumbents come from the
 // warm start (greedy + 1-opt / 2-opt local search + compound moves, with perturbation
 // restarts) and from rounding every node's relaxed point followed by a repair and 1-opt (and
-// 2-opt when that lands within 10 % of the incumbent).
+// 2-opt when that lands within 10 % of the incumbent, compound moves within 3 %).
 #include <Eigen/Dense>
 #include <algorithm>
 #include <chrono>
@@ -147,6 +147,10 @@ constexpr double kBranchTol = 0.03;  // relative accuracy a node that cannot be 
 // A node's rounding this close to the incumbent (relative) gets pair moves too: on vector-balancing
 // structure (CLADO's E E^T) 1-opt stops several percent short, pair moves often reach below.
 constexpr double kPolishRel = 0.1;
+// ... and compound moves when pair moves leave it this close, within kCompoundShare of the
+// elapsed time (they cost 5-20 ms each on 100 x 4; unbounded they delay proofs).
+constexpr double kCompoundRel = 0.03;
+constexpr double kCompoundShare = 0.2;
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -420,6 +424,7 @@ bool compound_pass(Search& s, Search& t, const Deadline& dl) {
   for (int64_t l = 0; l < D.L && !dl.passed(); ++l)
     for (int64_t v = 0; v < D.size(l); ++v) {
       if (v == s.c[l]) continue;
+      if (dl.passed()) break;  // (a repair has no deadline of its own)
       t.c = s.c;
       t.h = s.h;
       t.cost = s.cost;
@@ -2109,8 +2114,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   std::vector<int32_t> cand(L);
   // Incumbents from a rounding `cand`: repair and 1-opt, then pair moves when the result comes
   // within kPolishRel of the incumbent (once per configuration: sibling nodes often round
-  // alike), and compound moves on a new incumbent, as the warm start.
+  // alike) and compound moves within kCompoundRel, and compound moves on a new incumbent, as
+  // the warm start.
   std::unordered_set<uint64_t> polished;
+  double compound_s = 0;  // time in compound moves on roundings that were not yet incumbents
   auto try_rounding = [&]() {
     rs.assign(cand.data());
     if (!rs.repair()) return;
@@ -2122,6 +2129,12 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       for (int64_t l = 0; l < L; ++l) h = (h ^ uint64_t(rs.c[l])) * 1099511628211ull;
       if (!polished.insert(h).second) return;
       rs.local_search(dl, true);
+      if (rs.obj >= best_obj && rs.obj < best_obj + kCompoundRel * std::fabs(best_obj) &&
+          compound_s <= kCompoundShare * std::chrono::duration<double>(Clock::now() - t0).count()) {
+        const auto c0 = Clock::now();
+        for (int pass = 0; pass < 50 && !dl.passed() && compound_pass(rs, rt, dl); ++pass) rs.local_search(dl, true);
+        compound_s += std::chrono::duration<double>(Clock::now() - c0).count();
+      }
       if (!(rs.obj < best_obj)) return;
     }
     rs.local_search(dl, true);
@@ -2252,7 +2265,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
       lay = &dual->layout();
       theta.push_back(tau);
       dual_state = std::make_shared<const std::vector<double>>(std::move(theta));
-      if (!nr.infeasible && !nr.pruned && nr.lb + lowrank.slack >= cutoff) {
+      // Building the QP relaxation takes eigendecompositions of order n (0.12 s on 100 x 4) that
+      // do not stop at the deadline: late in the search the node stays open instead.
+      const bool qp_affordable = qp || dl.end - Clock::now() > std::chrono::duration<double>(0.25 * search_s);
+      if (!nr.infeasible && !nr.pruned && nr.lb + lowrank.slack >= cutoff && qp_affordable) {
         // Only the residual term (rho) may keep this node: the exact QP relaxation decides.
         Relaxation& R = qp_relaxation();
         NodeResult q = R.solve(nd.mask, dual->point().data(), cutoff, tol_scale, 600, dl);
