@@ -450,8 +450,10 @@ def trained_weights() -> dict[str, str]:
     trainings of the same recipe differ, so records say which weights they measured."""
     import hashlib
 
-    cache = Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in sorted(cache.glob("fmnist_resnet-*"))}
+    from lowbit.data._common import cache_dir
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted(cache_dir().glob("fmnist_resnet-*.safetensors"))}
 
 
 def run_section(name: str, quick: bool) -> dict:

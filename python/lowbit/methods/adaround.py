@@ -180,11 +180,10 @@ class _Frontier:
     def _store(self, batch: calib.Batch, entry: tuple[nn.Sequential, int, torch.Tensor]) -> None:
         """Caches entry for batch unless the cache would pass FRONTIER_LIMIT_BYTES (that batch
         then runs from the network input)."""
-        old = self.inputs.pop(id(batch), None)
+        self.inputs.pop(id(batch), None)  # (its old entry does not count against the cap)
         used = sum(x.numel() * x.element_size() for _, _, x in self.inputs.values())
         if used + entry[2].numel() * entry[2].element_size() <= FRONTIER_LIMIT_BYTES:
             self.inputs[id(batch)] = entry
-        del old
 
     def run_until(self, batch: calib.Batch, target: nn.Module) -> None:
         """Runs the network on ``batch`` until a hook on ``target`` raises _Stop."""
