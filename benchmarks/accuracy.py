@@ -127,11 +127,13 @@ class Section:
 
 
 def eval_args(model: str, method: str, w: int, a: int | None, seed: int, quick: bool, options: dict | None = None,
-              avg_bits: float | None = None) -> list[str]:
+              avg_bits: float | None = None, embedding_bits: int | None = None) -> list[str]:
     args = ["-m", "lowbit", "eval", "--model", model, "--method", method, "--w-bits", str(w), "--a-bits",
             str(a or 32), "--seed", str(seed)]
     if avg_bits is not None:
         args += ["--avg-bits", str(avg_bits)]
+    if embedding_bits is not None:
+        args += ["--embedding-bits", str(embedding_bits)]
     if options:
         args += ["--options", json.dumps(options)]
     return args + (["--quick"] if quick else []) + ["--json"]
@@ -362,18 +364,20 @@ def sec_models(s: Section, quick: bool) -> None:
     bc = {"bias_correction": True}
     plans = [("nearest", 8, None), ("nearest", 8, bc)] if quick else [
         ("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc)]
-    # mobilenet_v2's AdaRound and W4 rows in full mode only: the quick run stays under 20 minutes
-    learned = {"mobilenet_v2": [] if quick else [("adaround", 4, {"iters": 1000})],
-               "minilm": [("adaround", 4, {"iters": 50 if quick else 1000})]}
+    # (method, weight bits, options, embedding bits): mobilenet_v2's AdaRound and W4 rows in full
+    # mode only (the quick run stays under 20 minutes); minilm's word tables are half its weights.
+    extra = {"mobilenet_v2": [] if quick else [("adaround", 4, {"iters": 1000}, None)],
+             "minilm": [("nearest", 4, None, 4), ("adaround", 4, {"iters": 50 if quick else 1000}, None)]}
     for model, metric, agreement in (("mobilenet_v2", "probe accuracy %", "photo top-1 agreement with FP %"),
                                      ("minilm", "Recall@1 %", "cosine to FP x 100")):
         rows, fp = [], None
-        for method, w, options in plans + learned[model]:
-            recs = [s.run(eval_args(model, method, w, 8, seed, quick, options), keep=drop("bits_per_layer"))
-                    for seed in seeds]
+        for method, w, options, emb in [(*p, None) for p in plans] + extra[model]:
+            recs = [s.run(eval_args(model, method, w, 8, seed, quick, options, embedding_bits=emb),
+                          keep=drop("bits_per_layer")) for seed in seeds]
             fp = recs[0]
             label = method + ("" if not options else " " + ", ".join(f"{k}={v}" for k, v in options.items()))
-            rows.append([label, wa(w, 8), stat([r["metric"] for r in recs]), stat([r["agreement"] for r in recs]),
+            rows.append([label + ("" if emb is None else f", embeddings W{emb}"), wa(w, 8),
+                         stat([r["metric"] for r in recs]), stat([r["agreement"] for r in recs]),
                          recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
         rows.insert(0, ["FP32", "W32A32", fp["fp_metric"], 100.0, fp["fp_size_bytes"], None])
         size = "quick task (fewer calibration and evaluation samples)" if quick else "full task"

@@ -1,9 +1,11 @@
 """Whole bundled models packed at W4 / W8 against the FP model in torch, in the same run.
 
     python benchmarks/models.py [--quick] [--json] [--threads 2] [--models minilm,...] [--bits 4,8]
+                                [--float-embeddings]
 
 Per model, bit width and batch (1 and 32 by default): the median latency of the packed model
-(``lowbit.quantize`` with nearest rounding, weight-only, then ``lowbit.pack``) and of the task's
+(``lowbit.quantize`` with nearest rounding, weight-only, the embedding tables at the same bits
+unless ``--float-embeddings``, then ``lowbit.pack``) and of the task's
 FP32 model, alternated in rounds by ``lowbit.benchmark``; the ratio fp / packed; the bytes of
 parameters and buffers of each (packed codes as stored) and their ratio; the largest output
 difference. Issue 4's model-level target: minilm W4 at batch 1 >= 1.5x faster than fp32 torch
@@ -17,11 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-import torch
+# Run as a script, this folder is sys.path[0], and its kernels.py would shadow the `kernels`
+# package that transformers (minilm) probes for at import.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import lowbit
-from lowbit.zoo import load_task
+import torch  # noqa: E402
+
+import lowbit  # noqa: E402
+from lowbit.zoo import load_task  # noqa: E402
 
 MODELS = ["fmnist-resnet", "mobilenet_v2", "minilm"]
 
@@ -54,6 +61,7 @@ def run(args) -> dict:
         fp = task.model.eval()
         for bits in args.bits:
             kw = dict(task.quantize_kwargs)
+            kw.setdefault("embedding_bits", None if args.float_embeddings else bits)
             q = lowbit.quantize(fp, task.calib_loader, "nearest", w_bits=bits, num_samples=args.calib, progress=False,
                                 **kw)
             packed = lowbit.pack(q)
@@ -79,7 +87,7 @@ def run(args) -> dict:
     if summary:
         summary["targets_met"] = {"minilm_w4_m1_speedup": summary["minilm_w4_m1_speedup"] >= 1.5,
                                   "minilm_w4_weight_fraction": summary["minilm_w4_weight_fraction"] <= 1 / 6}
-    return {"threads": args.threads, "rows": out, "summary": summary}
+    return {"threads": args.threads, "float_embeddings": args.float_embeddings, "rows": out, "summary": summary}
 
 
 def main(argv=None) -> int:
@@ -91,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", default="4,8")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--float-embeddings", action="store_true", help="leave nn.Embedding tables in fp32")
     args = ap.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.bits = [int(b) for b in args.bits.split(",")]

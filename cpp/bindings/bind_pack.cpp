@@ -61,6 +61,21 @@ void bind_pack(py::module_& m) {
       py::arg("codes").noconvert(), py::arg("scales").noconvert(), py::arg("zeros").noconvert(),
       py::arg("bits"), py::arg("rows"), py::arg("cols"), py::arg("group_size"),
       py::arg("q").noconvert(), py::arg("scale").noconvert(), py::arg("zero").noconvert());
+  m.def(
+      "dequantize_rows",
+      [](const Array<uint8_t>& codes, const Array<float>& scales, const Array<uint8_t>& zeros,
+         int bits, int64_t rows, int64_t cols, int64_t group_size, const Array<int64_t>& index,
+         Array<float>& out) {
+        const PackedMatrix w = packed_of(codes, scales, zeros, bits, rows, cols, group_size);
+        check_ndim(index, 1, "index");
+        check_shape(out, {index.shape(0), cols}, "out");
+        float* o = mutable_ptr(out, "out");
+        py::gil_scoped_release release;
+        dequantize_rows(w, index.data(), index.shape(0), o);
+      },
+      py::arg("codes").noconvert(), py::arg("scales").noconvert(), py::arg("zeros").noconvert(),
+      py::arg("bits"), py::arg("rows"), py::arg("cols"), py::arg("group_size"),
+      py::arg("index").noconvert(), py::arg("out").noconvert());
 }
 
 }  // namespace lowbit::bind

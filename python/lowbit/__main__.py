@@ -51,13 +51,13 @@ def code_bits(model) -> float:
 
 def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], seed: int = 0,
              quick: bool = False, progress: bool = True, options: Optional[dict] = None,
-             avg_bits: Optional[float] = None) -> dict[str, Any]:
+             avg_bits: Optional[float] = None, embedding_bits: Optional[int] = None) -> dict[str, Any]:
     """Quantize a zoo model with `method` and score it; the record the CLI prints.
 
     method is one method or stages joined by '+' (a pipeline, e.g. "clado+adaround"). options
     are the method's options; a pipeline's map stage names to theirs, e.g.
     ``{"adaround": {"iters": 500}}``. avg_bits sets the budget of the clado stage (average
-    weight bits)."""
+    weight bits); embedding_bits quantizes the model's nn.Embedding tables too."""
     import lowbit
     from lowbit import zoo
     from lowbit.registry import get_method
@@ -80,7 +80,7 @@ def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], s
     fp = task.evaluate(task.model)
     t0 = time.perf_counter()
     qmodel = lowbit.quantize(task.model, task.calib_loader, stages, w_bits=w_bits, a_bits=a_bits, seed=seed,
-                             progress=progress, **task.quantize_kwargs)
+                             progress=progress, embedding_bits=embedding_bits, **task.quantize_kwargs)
     seconds = time.perf_counter() - t0
     q = task.evaluate(qmodel)
     rep = lowbit.report(qmodel)
@@ -88,6 +88,7 @@ def evaluate(model_name: str, method: str, w_bits: int, a_bits: Optional[int], s
     params = {row.name: math.prod(row.shape) for row in rep.layers}
     record = {
         "model": model_name, "method": method, "w_bits": w_bits, "a_bits": a_bits, "seed": seed,
+        "embedding_bits": embedding_bits,
         "metric_name": task.metric_name, "fp_metric": round(fp["metric"], 3), "metric": round(q["metric"], 3),
         "agreement": round(q["agreement"], 3), "size_bytes": weight_bytes(qmodel),
         "fp_size_bytes": weight_bytes(task.model), "seconds": round(seconds, 2),
@@ -109,7 +110,8 @@ def _bits(text: str) -> Optional[int]:
 def cmd_eval(args: argparse.Namespace) -> int:
     options = json.loads(args.options) if args.options else None
     rec = evaluate(args.model, args.method, args.w_bits, args.a_bits, args.seed, args.quick,
-                   progress=not args.json, options=options, avg_bits=args.avg_bits)
+                   progress=not args.json, options=options, avg_bits=args.avg_bits,
+                   embedding_bits=args.embedding_bits)
     a = "32" if rec["a_bits"] is None else rec["a_bits"]
     print(f"{rec['model']}  {rec['method']}  W{rec['w_bits']}A{a}  seed {rec['seed']}")
     print(f"  {rec['metric_name']}: {rec['metric']:.2f} %  (FP {rec['fp_metric']:.2f} %)   "
@@ -185,6 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--w-bits", type=int, default=4)
     p.add_argument("--a-bits", type=_bits, default=None, help="activation bits (default: float)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedding-bits", type=_bits, default=None,
+                   help="bits for the model's nn.Embedding tables (default: float)")
     p.add_argument("--avg-bits", type=float, default=None,
                    help="CLADO's budget: average weight bits of the searched layers (needs a clado stage)")
     p.add_argument("--options", help="method options as JSON, e.g. '{\"iters\": 2000}'; for a pipeline per stage, "

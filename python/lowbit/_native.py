@@ -431,6 +431,14 @@ def unpack_weights(p: Packed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, scale, zero
 
 
+def dequantize_rows(p: Packed, index: ArrayLike) -> np.ndarray:
+    """float32 (n, cols): the weight rows ``index`` (int, n) decoded, (q - z) * s (an embedding lookup)."""
+    idx = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
+    out = np.empty((idx.shape[0], p.cols), dtype=np.float32)
+    _C.dequantize_rows(*p.args(), idx, out)
+    return out
+
+
 def _rows_of(x: ArrayLike, cols: int) -> np.ndarray:
     xa = as_f32(x)
     return xa.reshape(-1, cols) if xa.ndim != 2 else xa

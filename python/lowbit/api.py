@@ -48,6 +48,7 @@ class QuantSettings:
     group_size: int | None
     symmetric: bool
     keep_first_last: int | None
+    embedding_bits: int | None
     num_samples: int
     seed: int
     progress: bool
@@ -225,6 +226,7 @@ def quantize(
     overrides: dict[Any, dict[str, Any]] | None = None,
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
     keep_first_last: int | None = 8,
+    embedding_bits: int | None = None,
     num_samples: int = 1024,
     input_fn: Callable[[Any], Any] | None = None,
     seed: int = 0,
@@ -259,6 +261,12 @@ def quantize(
     keep_first_last : int or None
         Bits for the first and last quantized layer's weights and the last layer's input
         (8 by default, as in every paper's tables); None or False disables.
+    embedding_bits : int or None
+        Bits (2..8) for the nn.Embedding tables that run on the calibration batch (a language
+        model's vocabulary is often half its weights): nearest rounding on the same grid
+        (``granularity`` per token row by default), weight-only; no method refines a lookup.
+        None (the default) leaves embeddings in float. ``ignore`` / ``overrides`` /
+        ``filter_fn`` apply to them by name or type like to any layer.
     num_samples : int
         Calibration samples taken from the loader (1024 by default).
     seed : int
@@ -268,11 +276,12 @@ def quantize(
     """
     t_start = time.perf_counter()
     keep_first_last = _check_args(model, w_bits, a_bits, granularity, group_size, keep_first_last, seed)
+    check_bits("embedding_bits", embedding_bits, allow_none=True)
     if group_size is not None and granularity == "channel":
         granularity = "group"
     stages = _resolve_stages(method, config)
     settings = QuantSettings(w_bits, a_bits, granularity, group_size, symmetric, keep_first_last,
-                             num_samples, seed, progress)
+                             embedding_bits, num_samples, seed, progress)
 
     work = model if inplace else copy.deepcopy(model)
     work.eval()
@@ -281,19 +290,21 @@ def quantize(
     probe = batches[0].head(min(batches[0].size, 8))
     tr = graph.trace(work, lambda: calib.run_model(work, probe), probe.tensors())
     folded = graph.fold_bn(work, tr)
-    layers = graph.plan_layers(work, tr, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
-                               group_size=group_size, symmetric=symmetric, ignore=ignore, overrides=overrides,
-                               filter_fn=filter_fn, keep_first_last=keep_first_last)
-    for s in layers:
-        w = cast(torch.Tensor, work.get_submodule(s.name).weight)  # planned layers are Linear / Conv2d
+    planned = graph.plan_layers(work, tr, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
+                                group_size=group_size, symmetric=symmetric, ignore=ignore, overrides=overrides,
+                                filter_fn=filter_fn, keep_first_last=keep_first_last, embedding_bits=embedding_bits)
+    # Lookups are rounded to nearest below and then left alone: the methods see Linear / Conv2d only.
+    layers = [s for s in planned if s.kind != "embedding"]
+    for s in planned:
+        w = cast(torch.Tensor, work.get_submodule(s.name).weight)  # Linear / Conv2d / Embedding
         if not torch.isfinite(w).all():
             raise ValueError(f"layer '{s.name}': its weight contains NaN or Inf")
     fp_model = copy.deepcopy(work)
 
     rows = []
-    for s in layers:
+    for s in planned:
         mod = work.get_submodule(s.name)
-        w_shape = cast(torch.Tensor, mod.weight).shape  # planned layers are Linear / Conv2d
+        w_shape = cast(torch.Tensor, mod.weight).shape  # Linear / Conv2d / Embedding
         rows.append(LayerReport(s.name, type(mod).__name__, tuple(w_shape), s.w_bits, s.a_bits,
                                 s.granularity, notes=list(s.notes)))
     stage_names = [spec.name for spec, _ in stages]
@@ -305,7 +316,7 @@ def quantize(
     ctx = QuantContext(fp_model, work, layers, batches, settings, report)
 
     # The common starting point: nearest rounding with Lp-searched grids.
-    for s in ctx.progress(layers, desc="nearest rounding", leave=False):
+    for s in ctx.progress(planned, desc="nearest rounding", leave=False):
         t0 = time.perf_counter()
         mod = work.get_submodule(s.name)
         w = float_weight_2d(mod)
@@ -323,13 +334,14 @@ def quantize(
         report.meta.setdefault("stage_seconds", {})[spec.name] = time.perf_counter() - t0
 
     recon = measure(ctx)
-    for s in layers:
+    for s in planned:
         row = report[s.name]
         q = ctx.qlayer(s.name)
         row.w_bits, row.a_bits = q.w_bits, q.a_bits
-        w_fp = cast(torch.Tensor, fp_model.get_submodule(s.name).weight).detach()  # a Linear / Conv2d
+        w_fp = cast(torch.Tensor, fp_model.get_submodule(s.name).weight).detach()  # Linear / Conv2d / Embedding
         row.weight_mse = float((q.weight.detach() - w_fp).pow(2).mean())
-        row.recon_error = recon[s.name]
+        # A lookup's output is its weight rows: weight_mse says it all.
+        row.recon_error = recon.get(s.name, float("nan"))
     report.meta["seconds"] = round(time.perf_counter() - t_start, 3)
     # setattr: nn.Module's __setattr__ is typed for Tensors and Modules only; same call at run time.
     setattr(work, "lowbit_report", report)  # noqa: B010

@@ -43,30 +43,33 @@ _Pair = tuple[int, int]  # a 2-d conv's kernel_size / stride / padding / dilatio
 
 def float_twin(model: nn.Module) -> nn.Module:
     """A copy of a fake-quant or packed model with every quantized layer turned back into a
-    plain fp32 nn.Linear / nn.Conv2d holding the weight it stands for: the float model torch
+    plain fp32 nn.Linear / nn.Conv2d / nn.Embedding holding the weight it stands for: the float model torch
     would run, with the same architecture and values."""
-    from lowbit.pack import PackedConv2d, PackedLayer, PackedLinear
-    from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear
+    from lowbit.pack import PackedConv2d, PackedEmbedding, PackedLayer, PackedLinear
+    from lowbit.quantizers import QuantConv2d, QuantEmbedding, QuantLayer, QuantLinear
 
     twin = copy.deepcopy(model)
     for name, mod in list(twin.named_modules()):
         if not isinstance(mod, (QuantLayer, PackedLayer)):
             continue
         has_bias = mod.bias is not None
-        new: nn.Linear | nn.Conv2d
+        new: nn.Linear | nn.Conv2d | nn.Embedding
         if isinstance(mod, (QuantLinear, PackedLinear)):
             new = nn.Linear(mod.in_features, mod.out_features, bias=has_bias)
+        elif isinstance(mod, (QuantEmbedding, PackedEmbedding)):
+            new = nn.Embedding(mod.num_embeddings, mod.embedding_dim, mod.padding_idx)
         elif isinstance(mod, (QuantConv2d, PackedConv2d)):
             # The layers store their geometry as tuple[int, ...]; for a 2-d conv each is a pair.
             new = nn.Conv2d(mod.in_channels, mod.out_channels, cast(_Pair, mod.kernel_size), cast(_Pair, mod.stride),
                             mod.padding if isinstance(mod.padding, str) else cast(_Pair, mod.padding),
                             cast(_Pair, mod.dilation), mod.groups, bias=has_bias)
-        else:  # pragma: no cover - only the four layer types exist
+        else:  # pragma: no cover - only these six layer types exist
             raise TypeError(f"layer '{name}': {type(mod).__name__}")
         with torch.no_grad():
             new.weight.copy_(mod.weight.detach().reshape(new.weight.shape))
-            if new.bias is not None and mod.bias is not None:  # both or neither (bias=has_bias)
-                new.bias.copy_(mod.bias)
+            bias = getattr(new, "bias", None)  # nn.Embedding has none
+            if bias is not None and mod.bias is not None:  # both or neither (bias=has_bias)
+                bias.copy_(mod.bias)
         parent, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent) if parent else twin, child, new)
     return twin.eval()

@@ -20,6 +20,7 @@ from lowbit.config import check_bits
 log = logging.getLogger("lowbit")
 
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
+LOOKUPS = (nn.Embedding,)  # quantized with embedding_bits only: weight-only, nearest rounding
 _SPEC_FIELDS = ("w_bits", "a_bits", "granularity", "group_size", "symmetric")
 
 
@@ -28,7 +29,7 @@ class LayerSpec:
     """What one quantizable layer gets. ``a_bits=None`` leaves its input in float."""
 
     name: str
-    kind: str  # "linear" | "conv"
+    kind: str  # "linear" | "conv" | "embedding"
     w_bits: int
     a_bits: int | None
     granularity: str  # "tensor" | "channel" | "group"
@@ -61,8 +62,8 @@ class Trace:
 
 
 def trace(model: nn.Module, call: Callable[[], Any], model_inputs: Iterable[torch.Tensor]) -> Trace:
-    """Run ``call()`` (a forward pass of model) under hooks on its Linear / Conv2d / BatchNorm
-    modules: their call order, which of them read one of ``model_inputs`` directly, and which
+    """Run ``call()`` (a forward pass of model) under hooks on its Linear / Conv2d / Embedding /
+    BatchNorm modules: their call order, which of them read one of ``model_inputs`` directly, and which
     BatchNorms read exactly a Conv2d's output (the pairs fold_bn folds)."""
     input_ids = {id(t) for t in model_inputs}
     order: list[str] = []
@@ -91,7 +92,7 @@ def trace(model: nn.Module, call: Callable[[], Any], model_inputs: Iterable[torc
         return fn
 
     for name, mod in model.named_modules():
-        if name and (isinstance(mod, QUANTIZABLE) or isinstance(mod, nn.modules.batchnorm._BatchNorm)):
+        if name and isinstance(mod, (*QUANTIZABLE, *LOOKUPS, nn.modules.batchnorm._BatchNorm)):
             hooks.append(mod.register_forward_hook(hook(name, mod)))
     try:
         with torch.no_grad():
@@ -161,8 +162,11 @@ def plan_layers(
     overrides: dict[Any, dict[str, Any]] | None,
     filter_fn: Callable[[str, nn.Module], bool] | None,
     keep_first_last: int | None,
+    embedding_bits: int | None = None,
 ) -> list[LayerSpec]:
-    """The quantizable layers in execution order, each with its bits and grid (the policy)."""
+    """The quantizable layers in execution order, each with its bits and grid (the policy).
+    With ``embedding_bits``, the nn.Embedding lookups that ran are planned too (kind
+    "embedding", weight-only); keep_first_last counts Linear / Conv2d layers only."""
     ignore = list(ignore)
     overrides = dict(overrides or {})
     _check_keys(ignore, "ignore")
@@ -177,7 +181,11 @@ def plan_layers(
     candidates = []
     for name in tr.order:
         mod = model.get_submodule(name)
-        if not isinstance(mod, QUANTIZABLE):
+        if not isinstance(mod, QUANTIZABLE) and not (embedding_bits is not None and isinstance(mod, LOOKUPS)):
+            continue
+        if isinstance(mod, nn.Embedding) and mod.max_norm is not None:
+            warnings.warn(f"embedding '{name}': max_norm renormalises its weight in every lookup; left in float",
+                          stacklevel=3)
             continue
         if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros":
             warnings.warn(f"layer '{name}': padding_mode={mod.padding_mode!r} is not supported; left in float",
@@ -194,17 +202,22 @@ def plan_layers(
         used_ignore.update(map(repr, hit))
         if hit:
             continue
+        if isinstance(mod, LOOKUPS):
+            specs.append(LayerSpec(name, "embedding", cast(int, embedding_bits), None, granularity, group_size,
+                                   symmetric, len(specs), False))
+            continue
         specs.append(LayerSpec(name, "linear" if isinstance(mod, nn.Linear) else "conv", w_bits, a_bits,
                                granularity, group_size, symmetric, len(specs), name in tr.consumed_model_input))
     for k in ignore:
         if repr(k) not in used_ignore:
             warnings.warn(f"ignore pattern {k!r} matched no quantizable layer", stacklevel=3)
-    if not specs:
+    compute = [s for s in specs if s.kind != "embedding"]
+    if not compute:
         raise ValueError("no quantizable layer (nn.Linear / nn.Conv2d) left to quantize: the model has none "
                          "that ran on the calibration batch, or ignore/filter_fn excluded them all")
 
     if keep_first_last is not None:
-        first, last = specs[0], specs[-1]
+        first, last = compute[0], compute[-1]
         for s, where in ((first, "first"), (last, "last")):
             if s.w_bits < keep_first_last:
                 s.w_bits = keep_first_last
@@ -222,6 +235,9 @@ def plan_layers(
                 s.notes.append(f"override {key!r}")
         check_bits(f"w_bits of layer '{s.name}'", s.w_bits)
         check_bits(f"a_bits of layer '{s.name}'", s.a_bits, allow_none=True)
+        if s.kind == "embedding" and s.a_bits is not None:
+            s.a_bits = None
+            s.notes.append("a lookup: no input activation to quantize")
         if s.reads_model_input and s.a_bits is not None:
             s.a_bits = None
             s.notes.append("reads the network input: not quantized")

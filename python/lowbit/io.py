@@ -6,9 +6,10 @@ JSON metadata entry. Nothing is pickled, so loading never runs code from the fil
 What is stored
 --------------
 * Every entry of ``model.state_dict()`` as a tensor, except the integer weight codes of
-  fake-quant layers (QuantLinear / QuantConv2d), which are stored as a dense little-endian
-  bitstream of ``w_bits`` bits per code (``<name>.codes``), so the file size reflects the bits.
-  Packed layers (PackedLinear / PackedConv2d) store their packed arrays as they are (pack.h).
+  fake-quant layers (QuantLinear / QuantConv2d / QuantEmbedding), which are stored as a dense
+  little-endian bitstream of ``w_bits`` bits per code (``<name>.codes``), so the file size
+  reflects the bits. Packed layers (PackedLinear / PackedConv2d / PackedEmbedding) store their
+  packed arrays as they are (pack.h).
 * Metadata (key ``"lowbit"``, JSON): format version, packed-format version, lowbit and torch
   versions, and per quantized layer its type, constructor arguments, w_bits, granularity,
   group size, method, activation quantizer; the modules that are ``nn.Identity`` in the saved
@@ -20,8 +21,8 @@ Loading needs the architecture
 ------------------------------
 The file holds weights, not code. ``lowbit.load(path, model=skeleton)`` takes the float model
 (the same class the quantized model was made from, e.g. freshly constructed, weights
-irrelevant), replaces the layers named in the metadata with QuantLinear / QuantConv2d /
-PackedLinear / PackedConv2d built from the file, replaces the modules recorded as folded BN with
+irrelevant), replaces the layers named in the metadata with the Quant* / Packed* layers
+built from the file, replaces the modules recorded as folded BN with
 ``nn.Identity``, then loads every remaining tensor with strict key and shape checks. It returns
 a new model (the skeleton is left as it was) unless ``inplace=True``.
 """
@@ -41,15 +42,22 @@ import torch
 import torch.nn as nn
 
 from lowbit import _native
-from lowbit.pack import PackedConv2d, PackedLayer, PackedLinear
-from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear, UniformActQuantizer
+from lowbit.pack import PackedConv2d, PackedEmbedding, PackedLayer, PackedLinear
+from lowbit.quantizers import (
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLayer,
+    QuantLinear,
+    UniformActQuantizer,
+)
 
 __all__ = ["save", "load", "read_metadata", "LowbitFileError", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _META_KEY, _SUM_KEY = "lowbit", "lowbit_sha256"
-_LAYER_TYPES = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d,
-                "PackedLinear": PackedLinear, "PackedConv2d": PackedConv2d}
+_LAYER_TYPES: dict[str, type[nn.Module]] = {
+    "QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "QuantEmbedding": QuantEmbedding,
+    "PackedLinear": PackedLinear, "PackedConv2d": PackedConv2d, "PackedEmbedding": PackedEmbedding}
 
 
 class LowbitFileError(ValueError):
@@ -117,6 +125,9 @@ def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str
         d["dynamic_act"] = mod.dynamic_act
     if isinstance(mod, (QuantLinear, PackedLinear)):
         d["args"] = {"in_features": mod.in_features, "out_features": mod.out_features}
+    elif isinstance(mod, (QuantEmbedding, PackedEmbedding)):
+        d["args"] = {"num_embeddings": mod.num_embeddings, "embedding_dim": mod.embedding_dim,
+                     "padding_idx": mod.padding_idx}
     else:
         conv = cast("QuantConv2d | PackedConv2d", mod)  # _LAYER_TYPES (checked above) has no other kind
         d["args"] = {"in_channels": conv.in_channels, "out_channels": conv.out_channels,
@@ -160,7 +171,7 @@ def save(model: nn.Module, path: str | Path) -> None:
     for key, t in model.state_dict().items():
         t = t.detach().cpu()
         owner, _, leaf = key.rpartition(".")
-        if leaf == "codes" and owner in layers and layers[owner]["type"] in ("QuantLinear", "QuantConv2d"):
+        if leaf == "codes" and owner in layers and layers[owner]["type"].startswith("Quant"):
             arr = codes_to_bitstream(t.numpy(), layers[owner]["w_bits"])
             layers[owner]["codes_shape"] = list(t.shape)
         else:
@@ -266,6 +277,12 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             in_f, out_f = _int(args["in_features"]), _int(args["out_features"])
             geo: tuple = (in_f, out_f)
             N, K = out_f, in_f
+        elif kind.endswith("Embedding"):
+            N, K = _int(args["num_embeddings"]), _int(args["embedding_dim"])
+            pad = args.get("padding_idx")
+            _need(pad is None or (not isinstance(pad, bool) and isinstance(pad, int) and -N <= pad < N),
+                  f"layer '{name}': bad padding_idx {pad!r}")
+            geo = (N, K, pad)
         else:
             cin, cout, groups = _int(args["in_channels"]), _int(args["out_channels"]), _int(args["groups"])
             ks, stride, dil = _ints(args["kernel_size"]), _ints(args["stride"]), _ints(args["dilation"])
@@ -344,7 +361,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, inplace: bool = Fa
     model : nn.Module
         A skeleton of the architecture (the float model class, any weights). Required: the file
         holds no code. Its quantizable layers named in the file are swapped for the saved
-        QuantLinear / QuantConv2d / PackedLinear / PackedConv2d; modules saved as ``nn.Identity``
+        Quant* / Packed* layers; modules saved as ``nn.Identity``
         (folded BatchNorm) are replaced; all other tensors are loaded with strict checks.
     inplace : bool
         Modify ``model`` itself instead of a copy.
@@ -382,12 +399,16 @@ def load(path: str | Path, model: nn.Module | None = None, *, inplace: bool = Fa
     for name, d in layers.items():
         _need(name in modules, f"{path}: the model has no layer '{name}' (does the skeleton match the file?)")
         old = modules[name]
-        _need(isinstance(old, (nn.Linear, nn.Conv2d, QuantLayer, PackedLayer)),
-              f"{path}: '{name}' is a {type(old).__name__} in the model, not a Linear/Conv2d")
+        _need(isinstance(old, (nn.Linear, nn.Conv2d, nn.Embedding, QuantLayer, PackedLayer)),
+              f"{path}: '{name}' is a {type(old).__name__} in the model, not a Linear/Conv2d/Embedding")
         new = _build_layer(name, d, tensors)
         if isinstance(new, (QuantLinear, PackedLinear)):
             _need(isinstance(old, (nn.Linear, QuantLinear, PackedLinear)) and old.in_features == new.in_features
                   and old.out_features == new.out_features, f"{path}: layer '{name}' does not match the model's")
+        elif isinstance(new, (QuantEmbedding, PackedEmbedding)):
+            _need(isinstance(old, (nn.Embedding, QuantEmbedding, PackedEmbedding))
+                  and old.num_embeddings == new.num_embeddings and old.embedding_dim == new.embedding_dim,
+                  f"{path}: layer '{name}' does not match the model's")
         else:
             _need(isinstance(old, (nn.Conv2d, QuantConv2d, PackedConv2d)) and old.in_channels == new.in_channels
                   and old.out_channels == new.out_channels and tuple(old.kernel_size) == new.kernel_size

@@ -20,6 +20,8 @@ What each layer computes
   gives the integer codes, which the static int8 kernel consumes with the quantizer's output
   step and zero point. Exact like the static path: the codes are the fake-quant model's (hard
   decisions, as in eval mode). AQuant borders learned for other weight codes are refused.
+* **Lookup** (``PackedEmbedding``, from ``quantize(..., embedding_bits=b)``): the rows of the
+  token ids are decoded from the packed table in C++, exactly the fake-quant QuantEmbedding's.
 * Other activation quantizers (not a plain ``UniformActQuantizer``) run in torch first, then the
   weight-only kernel: exact up to float rounding, at weight-only speed.
 
@@ -47,12 +49,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lowbit import _native
-from lowbit.quantizers import QuantConv2d, QuantLayer, QuantLinear, UniformActQuantizer
+from lowbit.quantizers import (
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLayer,
+    QuantLinear,
+    UniformActQuantizer,
+)
 
 if TYPE_CHECKING:
     from lowbit.threshold import _ThresholdActQuantizer
 
-__all__ = ["PackedLinear", "PackedConv2d", "PackedLayer", "pack", "container_bits"]
+__all__ = ["PackedLinear", "PackedConv2d", "PackedEmbedding", "PackedLayer", "pack", "container_bits"]
 
 PACKED_BITS = (2, 3, 4, 8)
 
@@ -349,6 +357,39 @@ class PackedConv2d(PackedLayer):
 # -- conversion -------------------------------------------------------------------------------
 
 
+class PackedEmbedding(PackedLayer):
+    """nn.Embedding on a packed low-bit table (inference only): each looked-up row is decoded
+    in C++ (``dequantize_rows``), equal to the fake-quant QuantEmbedding bit for bit."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, **kw: Any):
+        if kw.get("act_quant") is not None or kw.get("bias") is not None or kw.get("dynamic_act"):
+            raise ValueError("an embedding has no input activation quantizer and no bias")
+        super().__init__(out_features=num_embeddings, K=embedding_dim, **kw)
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.padding_idx = padding_idx
+
+    @property
+    def path(self) -> str:
+        return "lookup"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"embedding ids must be int64 or int32, got {ids.dtype}")
+        try:
+            rows = _native.dequantize_rows(self.packed(), ids.detach().cpu().reshape(-1).numpy())
+        except ValueError as e:  # the C++ range check names the bad index
+            raise IndexError(f"embedding of {self.num_embeddings} rows: {e}") from None
+        return torch.from_numpy(rows).reshape(*ids.shape, self.embedding_dim)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_2d()
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, w_bits={self.w_bits}, granularity={self.granularity}"
+
+
 def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed]:
     """(w_bits of the stored codes, group_size, packed matrix) of a quantized layer.
 
@@ -383,7 +424,8 @@ def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed
 
 
 def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = False) -> PackedLayer:
-    """The PackedLinear / PackedConv2d equivalent of one QuantLinear / QuantConv2d."""
+    """The PackedLinear / PackedConv2d / PackedEmbedding equivalent of one QuantLinear /
+    QuantConv2d / QuantEmbedding."""
     twin = getattr(layer, "packed_twin", None)  # layers holding more than one grid (multipoint)
     if twin is not None:
         return twin(name, dynamic_act)
@@ -398,6 +440,8 @@ def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = Fal
               act_quant=aq, dynamic_act=dynamic_act)
     if isinstance(layer, QuantLinear):
         return PackedLinear(layer.in_features, layer.out_features, **kw)
+    if isinstance(layer, QuantEmbedding):
+        return PackedEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, **{**kw, "dynamic_act": False})
     if isinstance(layer, QuantConv2d):
         return PackedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                             layer.dilation, layer.groups, **kw)
@@ -405,7 +449,8 @@ def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = Fal
 
 
 def pack(qmodel: nn.Module, *, inplace: bool = False, dynamic_act: bool = False) -> nn.Module:
-    """Swap every QuantLinear / QuantConv2d of a ``lowbit.quantize`` result for its packed twin.
+    """Swap every QuantLinear / QuantConv2d / QuantEmbedding of a ``lowbit.quantize`` result for
+    its packed twin.
 
     Parameters
     ----------

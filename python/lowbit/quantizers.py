@@ -1,4 +1,5 @@
-"""Fake-quant modules: what ``lowbit.quantize`` swaps in for nn.Linear / nn.Conv2d.
+"""Fake-quant modules: what ``lowbit.quantize`` swaps in for nn.Linear / nn.Conv2d (and
+nn.Embedding with ``embedding_bits``).
 
 A quantized layer stores what a packed kernel needs and nothing it does not: integer weight
 codes (uint8, 0..2^b-1, shape (out, K) with K = in_features or in/groups*kh*kw), a scale and
@@ -188,6 +189,35 @@ class QuantConv2d(QuantLayer):
                 f"granularity={self.granularity}")
 
 
+class QuantEmbedding(QuantLayer):
+    """Fake-quant nn.Embedding: a lookup of rows of ``(codes - zero) * scale``, each token's row
+    decoded on its own (a whole vocabulary is never dequantized). A lookup has no input
+    activation to quantize and no bias."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, **kw):
+        if kw.get("act_quant") is not None or kw.get("bias") is not None:
+            raise ValueError("an embedding has no input activation quantizer and no bias")
+        super().__init__(weight_shape=(num_embeddings, embedding_dim), **kw)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.weight_override is not None:
+            return F.embedding(ids, self.weight_override, self.padding_idx)
+        flat = ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            raise IndexError(f"token ids must lie in 0..{self.num_embeddings - 1}, got "
+                             f"{int(flat.min())}..{int(flat.max())}")
+        unit = (lambda p: p.expand(flat.numel(), -1)) if self.scale.shape[0] == 1 else (lambda p: p[flat])
+        rows = dequantize_codes(self.codes[flat], unit(self.scale), unit(self.zero))
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, w_bits={self.w_bits}, "
+                f"granularity={self.granularity}")
+
+
 def float_weight_2d(module: nn.Module) -> torch.Tensor:
     """(out, K) float weight of an nn.Linear / nn.Conv2d / QuantLayer."""
     w = cast(torch.Tensor, module.weight).detach()  # nn.Module types attributes as Tensor | Module
@@ -227,8 +257,8 @@ def act_quantizer_from_samples(values: torch.Tensor, bits: int, vmin: float, p: 
 
 def quant_layer_from_float(module: nn.Module, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                            w_bits: int, act_quant: nn.Module | None = None) -> QuantLayer:
-    """The QuantLinear / QuantConv2d standing in for ``module`` with the given weight codes."""
-    bias = cast("torch.Tensor | None", module.bias)  # a Linear / Conv2d bias: a Tensor or None
+    """The QuantLinear / QuantConv2d / QuantEmbedding standing in for ``module`` with the given weight codes."""
+    bias = cast("torch.Tensor | None", getattr(module, "bias", None))  # a Linear / Conv2d bias, or None
     kw = dict(codes=codes, scale=scale, zero=zero, w_bits=w_bits, act_quant=act_quant,
               bias=None if bias is None else bias.detach())
     if isinstance(module, nn.Linear):
@@ -236,4 +266,6 @@ def quant_layer_from_float(module: nn.Module, codes: torch.Tensor, scale: torch.
     if isinstance(module, nn.Conv2d):
         return QuantConv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                            module.padding, module.dilation, module.groups, **kw)
+    if isinstance(module, nn.Embedding):
+        return QuantEmbedding(module.num_embeddings, module.embedding_dim, module.padding_idx, **kw)
     raise TypeError(f"cannot quantize {type(module).__name__}")

@@ -117,4 +117,23 @@ void unpack_weights(const PackedMatrix& w, MatrixView<uint8_t> q, float* scale, 
   });
 }
 
+void dequantize_rows(const PackedMatrix& w, const int64_t* rows, int64_t n, float* out) {
+  const PackedShape& s = w.shape;
+  check_packed_shape(s);
+  for (int64_t i = 0; i < n; ++i)  // checked up front: nothing is thrown inside the parallel loop
+    LOWBIT_CHECK(rows[i] >= 0 && rows[i] < s.rows,
+                 "row index " << rows[i] << " is out of range for " << s.rows << " rows");
+  const int64_t gc = s.group_cols();
+  parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = rows[i];
+      float* o = out + i * s.cols;
+      for (int64_t k = 0; k < s.cols; ++k) {
+        const int64_t g = k / gc;
+        o[k] = float(packed_code(w, r, k) - packed_zero(w, r, g)) * packed_scale(w, r, g);
+      }
+    }
+  });
+}
+
 }  // namespace lowbit

@@ -180,7 +180,7 @@ def _minilm_task(*, seed: int, num_calib: int, batch_size: int, quick: bool) -> 
 
     example = tokenize(["a quantized sentence encoder"])
     return Task("minilm", model, calib, "Recall@1", evaluate, (example["input_ids"], example["attention_mask"]),
-                {"filter_fn": lambda name, mod: isinstance(mod, nn.Linear)})
+                {"filter_fn": lambda name, mod: isinstance(mod, (nn.Linear, nn.Embedding))})
 
 
 _TASKS: dict[str, Callable[..., Task]] = {
