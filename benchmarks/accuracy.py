@@ -361,9 +361,10 @@ def sec_pipelines(s: Section, quick: bool) -> None:
 
 def sec_models(s: Section, quick: bool) -> None:
     seeds = [0] if quick else [0, 1, 2]
-    bc = {"bias_correction": True}
-    plans = [("nearest", 8, None), ("nearest", 8, bc)] if quick else [
-        ("nearest", 8, None), ("nearest", 4, None), ("nearest", 8, bc), ("nearest", 4, bc)]
+    bc, ps = {"bias_correction": True}, {"preserve_sums": True}
+    plans = [("nearest", 8, None), ("nearest", 8, bc), ("nearest", 8, ps), ("nearest", 8, {**ps, **bc})]
+    if not quick:
+        plans += [("nearest", 4, None), ("nearest", 4, bc), ("nearest", 4, {**ps, **bc})]
     # (method, weight bits, options, embedding bits): mobilenet_v2's AdaRound and W4 rows in full
     # mode only (the quick run stays under 20 minutes); minilm's word tables are half its weights.
     extra = {"mobilenet_v2": [] if quick else [("adaround", 4, {"iters": 1000}, None)],

@@ -11,6 +11,10 @@ on the calibration batches. Rounding a kernel with few taps (a 3x3 depthwise fil
 shifts its DC gain; the shifts are systematic and accumulate through the network, which is
 what costs MobileNetV2 most of its agreement at W8.
 
+``preserve_sums=True`` fixes the cause rather than the symptom: each unit's codes are moved
+(by the fewest, smallest re-roundings) to the integer nearest the unit's float sum, so a
+filter's DC gain is kept to half a step. Runs before bias correction.
+
 "Typical" is the mean over batches of each batch's per-channel median, not the plain mean:
 where the error sits on a few rows (BERT's outlier tokens, whose activations the input
 quantizer clips), their mean would shift every other row too; on minilm that turned a cosine
@@ -26,6 +30,7 @@ import torch
 
 from lowbit import calib
 from lowbit.config import QuantConfig
+from lowbit.quantizers import expand_units, float_weight_2d
 from lowbit.registry import register_method
 
 if TYPE_CHECKING:
@@ -35,9 +40,12 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NearestConfig(QuantConfig):
     """bias_correction: fold the typical per-channel output shift of each quantized layer into
-    its bias (measured on the calibration batches with float inputs)."""
+    its bias (measured on the calibration batches with float inputs). preserve_sums: re-round
+    the fewest weights of each unit (row or group) so that its code sum is the nearest integer
+    to its float sum (for convolutions: depthwise 3x3 filters on post-ReLU inputs)."""
 
     bias_correction: bool = False
+    preserve_sums: bool = False
 
 
 ROWS_PER_MEDIAN = 16384  # a batch's error rows (samples x positions) its median is taken over
@@ -76,9 +84,37 @@ def bias_correct(ctx: QuantContext) -> None:
             ctx.note(name, bias_shift=float(shift.abs().max()))
 
 
+def sum_preserving_codes(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                         codes: torch.Tensor) -> torch.Tensor:
+    """Nearest codes with each unit's sum (a row, or a row's group) moved to the integer nearest
+    its float sum: the d elements whose rounding went furthest the other way are re-rounded
+    (d = the row's deficit in steps), the least total change that restores the sum. The unit sum
+    is the filter's response to a constant input, which nearest rounding lets drift by a random
+    walk of sqrt(K) half-steps."""
+    R, K = w2d.shape
+    G = scale.shape[1]
+    t = (w2d / expand_units(scale, R, K) + expand_units(zero, R, K)).reshape(R, G, K // G)
+    c = codes.reshape(R, G, K // G).float()
+    resid = t - c  # in [-0.5, 0.5] where not clipped
+    deficit = torch.round(t.clamp(0, (1 << bits) - 1).sum(-1) - c.sum(-1))  # (R, G) steps
+    up = resid.masked_fill(c >= (1 << bits) - 1, float("-inf"))
+    down = (-resid).masked_fill(c <= 0, float("-inf"))
+    rank_up = up.argsort(-1, descending=True).argsort(-1)  # 0 = the first to round up
+    rank_down = down.argsort(-1, descending=True).argsort(-1)
+    d = deficit.unsqueeze(-1)
+    c = c + ((rank_up < d) & (up > float("-inf"))).float() - ((rank_down < -d) & (down > float("-inf"))).float()
+    return c.reshape(R, K).to(torch.uint8)
+
+
 @register_method("nearest", NearestConfig, "round each weight to the nearest grid point (baseline)")
 def run(ctx: QuantContext, config: NearestConfig) -> None:
     """Round each weight to the nearest grid point (baseline), optionally bias-corrected."""
     # The context arrives nearest-rounded, and report rows default to "nearest".
+    if config.preserve_sums:
+        for spec in ctx.layers:
+            q = ctx.qlayer(spec.name)
+            w = float_weight_2d(ctx.fp_layer(spec.name))
+            q.set_codes(sum_preserving_codes(w, q.scale, q.zero, q.w_bits, q.codes.reshape(w.shape)).reshape(q.codes.shape),
+                        q.scale, q.zero, q.w_bits)
     if config.bias_correction:
         bias_correct(ctx)
