@@ -63,8 +63,8 @@ class Trace:
 
 def trace(model: nn.Module, call: Callable[[], Any], model_inputs: Iterable[torch.Tensor]) -> Trace:
     """Run ``call()`` (a forward pass of model) under hooks on its Linear / Conv2d / Embedding /
-    BatchNorm modules: their call order, which of them read one of ``model_inputs`` directly, and which
-    BatchNorms read exactly a Conv2d's output (the pairs fold_bn folds)."""
+    BatchNorm modules: their call order, which of them read one of ``model_inputs`` directly,
+    and which BatchNorms read exactly a Conv2d's output (the pairs fold_bn folds)."""
     input_ids = {id(t) for t in model_inputs}
     order: list[str] = []
     seen: set[str] = set()

@@ -99,8 +99,9 @@ def sum_preserving_codes(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     deficit = torch.round(t.clamp(0, (1 << bits) - 1).sum(-1) - c.sum(-1))  # (R, G) steps
     up = resid.masked_fill(c >= (1 << bits) - 1, float("-inf"))
     down = (-resid).masked_fill(c <= 0, float("-inf"))
-    rank_up = up.argsort(-1, descending=True).argsort(-1)  # 0 = the first to round up
-    rank_down = down.argsort(-1, descending=True).argsort(-1)
+    # Stable sorts: ties go to the first column, whatever the thread count.
+    rank_up = up.argsort(-1, descending=True, stable=True).argsort(-1, stable=True)  # 0 = the first to round up
+    rank_down = down.argsort(-1, descending=True, stable=True).argsort(-1, stable=True)
     d = deficit.unsqueeze(-1)
     c = c + ((rank_up < d) & (up > float("-inf"))).float() - ((rank_down < -d) & (down > float("-inf"))).float()
     return c.reshape(R, K).to(torch.uint8)
