@@ -100,8 +100,8 @@ def sum_preserving_codes(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     up = resid.masked_fill(c >= (1 << bits) - 1, float("-inf"))
     down = (-resid).masked_fill(c <= 0, float("-inf"))
     # Stable sorts: ties go to the first column, whatever the thread count.
-    rank_up = up.argsort(-1, descending=True, stable=True).argsort(-1, stable=True)  # 0 = the first to round up
-    rank_down = down.argsort(-1, descending=True, stable=True).argsort(-1, stable=True)
+    rank_up = up.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)  # 0 = the first to round up
+    rank_down = down.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
     d = deficit.unsqueeze(-1)
     c = c + ((rank_up < d) & (up > float("-inf"))).float() - ((rank_down < -d) & (down > float("-inf"))).float()
     return c.reshape(R, K).to(torch.uint8)
