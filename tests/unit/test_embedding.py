@@ -190,3 +190,57 @@ def test_weight_bytes_count_the_table_codes():
     plain = weight_bytes(quantize_lm(model, calib, embedding_bits=None))
     packed_table = weight_bytes(lowbit.pack(quantize_lm(model, calib)))
     assert packed_table < plain - 203 * 48 * 3  # 4 of 32 bits: about 7/8 of the token table saved
+
+
+class ScaledEmbedding(nn.Embedding):
+    """A token table that scales its rows (as Gemma's and BART's do): not a plain lookup."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * 8.0
+
+
+class TiedLM(nn.Module):
+    """One table under two names (an encoder and a decoder sharing it), plus a scaled table."""
+
+    def __init__(self):
+        super().__init__()
+        shared = nn.Embedding(203, 48)
+        self.enc, self.dec = nn.ModuleDict({"tok": shared}), nn.ModuleDict({"tok": shared})
+        self.scaled = ScaledEmbedding(203, 48)
+        self.fc = nn.Linear(48, 32)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.enc["tok"](ids) + self.dec["tok"](ids.flip(1)) + self.scaled(ids)
+        return self.out(torch.relu(self.fc(h))).mean(1)
+
+
+def test_tied_tables_are_swapped_under_every_name_and_custom_lookups_stay_float(tmp_path):
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    _, calib = tiny_lm()
+    with pytest.warns(UserWarning, match="embedding 'scaled': ScaledEmbedding has its own forward"):
+        q = quantize_lm(model, calib)
+    assert isinstance(q.enc["tok"], QuantEmbedding) and q.dec["tok"] is q.enc["tok"]
+    assert type(q.scaled) is ScaledEmbedding
+    assert [r.name for r in q.lowbit_report.layers if r.type == "Embedding"] == ["enc.tok"]
+    p = lowbit.pack(q)
+    assert isinstance(p.dec["tok"], PackedEmbedding) and p.dec["tok"] is p.enc["tok"]
+    ids = torch.cat(calib)
+    with torch.no_grad():
+        assert torch.allclose(p(ids), q(ids), atol=1e-5)
+    for m in (q, p):
+        path = tmp_path / f"{type(m.enc['tok']).__name__}.lowbit"
+        lowbit.save(m, path)
+        back = lowbit.load(path, TiedLM())
+        assert back.dec["tok"] is back.enc["tok"] and type(back.enc["tok"]) is type(m.enc["tok"])
+        with torch.no_grad():
+            assert torch.equal(back(ids), m(ids))
+
+
+def test_ids_of_other_dtypes_are_refused():
+    model, calib = tiny_lm()
+    q = quantize_lm(model, calib)
+    for m in (q, lowbit.pack(q)):
+        with pytest.raises(TypeError, match="int64 or int32, got torch.uint8"):
+            m.tok(torch.full((5,), 7, dtype=torch.uint8))
