@@ -244,3 +244,28 @@ def test_ids_of_other_dtypes_are_refused():
     for m in (q, lowbit.pack(q)):
         with pytest.raises(TypeError, match="int64 or int32, got torch.uint8"):
             m.tok(torch.full((5,), 7, dtype=torch.uint8))
+
+
+class Outer(nn.Module):
+    """TinyLM as one block whose input is the token ids, then a head."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lm(ids))
+
+
+@pytest.mark.parametrize("method", ["n2uq", "aquant"])
+@pytest.mark.parametrize("embedding_bits", [None, 4])
+def test_block_methods_take_token_ids_as_block_input(method, embedding_bits):
+    """Block reconstruction keeps integer block inputs integer (QDrop has nothing to drop)."""
+    lm, calib = tiny_lm()
+    model = Outer(lm).eval()
+    q = lowbit.quantize(model, calib, method, config={"iters": 20}, w_bits=3, a_bits=8, embedding_bits=embedding_bits,
+                        num_samples=32, progress=False, keep_first_last=None)
+    assert {r.name: r.method for r in q.lowbit_report.layers}["lm.fc"] == method
+    with torch.no_grad():
+        assert torch.isfinite(q(calib[0])).all()
