@@ -355,9 +355,6 @@ class PackedConv2d(PackedLayer):
                 f"groups={self.groups}, w_bits={self.w_bits}, granularity={self.granularity}, path={self.path}")
 
 
-# -- conversion -------------------------------------------------------------------------------
-
-
 class PackedEmbedding(PackedLayer):
     """nn.Embedding on a packed low-bit table (inference only): each looked-up row is decoded
     in C++ (``dequantize_rows``), equal to the fake-quant QuantEmbedding bit for bit."""
@@ -391,6 +388,9 @@ class PackedEmbedding(PackedLayer):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, w_bits={self.w_bits}, granularity={self.granularity}"
+
+
+# -- conversion -------------------------------------------------------------------------------
 
 
 def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed]:
