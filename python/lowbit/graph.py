@@ -256,9 +256,10 @@ def plan_layers(
             s.a_bits = None
             s.notes.append("reads the network input: not quantized")
         if s.granularity == "group":
-            k = cast(torch.Tensor, mod.weight)[0].numel()  # planned layers are Linear / Conv2d
+            k = cast(torch.Tensor, mod.weight)[0].numel()  # planned layers are Linear / Conv2d / Embedding
             if s.group_size is None or k % s.group_size:
-                warnings.warn(f"layer '{s.name}': group_size={s.group_size} does not divide its input size {k}; "
+                size = "row length" if s.kind == "embedding" else "input size"
+                warnings.warn(f"layer '{s.name}': group_size={s.group_size} does not divide its {size} {k}; "
                               "it is quantized per channel instead", stacklevel=3)
                 s.granularity, s.group_size = "channel", None
                 s.notes.append("group_size does not divide K: per channel")
