@@ -53,7 +53,7 @@ def test_dequantize_rows_refuses_out_of_range_rows_and_ignores_threads():
     rng = np.random.default_rng(0)
     q = rng.integers(0, 16, size=(37, 48)).astype(np.uint8)
     p = _native.pack_weights(q, np.full((37, 1), 0.5, np.float32), np.full((37, 1), 8.0, np.float32), 4)
-    for bad in (37, -1):
+    for bad in (37, -1, 2**32 + 3):  # the last would wrap to 3 in int32
         with pytest.raises(ValueError, match=f"row index {bad} is out of range for 37 rows"):
             _native.dequantize_rows(p, np.array([0, bad]))
     assert _native.dequantize_rows(p, np.zeros(0, np.int64)).shape == (0, 48)
