@@ -64,7 +64,7 @@ void bind_pack(py::module_& m) {
   m.def(
       "dequantize_rows",
       [](const Array<uint8_t>& codes, const Array<float>& scales, const Array<uint8_t>& zeros,
-         int bits, int64_t rows, int64_t cols, int64_t group_size, const Array<int64_t>& index,
+         int bits, int64_t rows, int64_t cols, int64_t group_size, const Array<int32_t>& index,
          Array<float>& out) {
         const PackedMatrix w = packed_of(codes, scales, zeros, bits, rows, cols, group_size);
         check_ndim(index, 1, "index");

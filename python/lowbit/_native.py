@@ -433,7 +433,11 @@ def unpack_weights(p: Packed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def dequantize_rows(p: Packed, index: ArrayLike) -> np.ndarray:
     """float32 (n, cols): the weight rows ``index`` (int, n) decoded, (q - z) * s (an embedding lookup)."""
-    idx = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
+    idx = np.asarray(index).reshape(-1)
+    if idx.size and not (np.iinfo(np.int32).min <= idx.min() and idx.max() <= np.iinfo(np.int32).max):
+        bad = idx.max() if idx.max() > np.iinfo(np.int32).max else idx.min()  # int32 would wrap it into range
+        raise ValueError(f"row index {bad} is out of range for {p.rows} rows")
+    idx = np.ascontiguousarray(idx, dtype=np.int32)
     out = np.empty((idx.shape[0], p.cols), dtype=np.float32)
     _C.dequantize_rows(*p.args(), idx, out)
     return out

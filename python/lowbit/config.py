@@ -18,6 +18,10 @@ class QuantConfig:
     version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # JSON options: a "false" string must not read as True
+            value = getattr(self, f.name)
+            if f.type in ("bool", bool) and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be True or False, got {value!r}")
         self.validate()
 
     def validate(self) -> None:

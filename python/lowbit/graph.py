@@ -47,9 +47,13 @@ def get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule ``name`` of model with ``module``."""
-    parent, child = get_parent(model, name)
-    setattr(parent, child, module)
+    """Replace the submodule ``name`` of model with ``module``, under every name it is registered
+    (a table tied between an encoder and a decoder is one module under two names)."""
+    old = model.get_submodule(name)
+    aliases = [n for n, m in model.named_modules(remove_duplicate=False) if m is old and n] or [name]
+    for alias in aliases:
+        parent, child = get_parent(model, alias)
+        setattr(parent, child, module)
 
 
 @dataclasses.dataclass
@@ -149,6 +153,15 @@ def _check_keys(keys: Iterable[Any], arg: str) -> None:
                 raise ValueError(f"{arg}: invalid regex {k!r}: {e}") from e
 
 
+def _not_a_plain_lookup(mod: nn.Embedding) -> str | None:
+    """Why a QuantEmbedding (a plain row lookup) cannot stand in for ``mod``; None if it can."""
+    if type(mod).forward is not nn.Embedding.forward:  # e.g. scaled or offset token embeddings
+        return f"{type(mod).__name__} has its own forward, which a lookup would drop"
+    if mod.max_norm is not None:
+        return "max_norm renormalises its weight in every lookup"
+    return None
+
+
 def plan_layers(
     model: nn.Module,
     tr: Trace,
@@ -183,10 +196,6 @@ def plan_layers(
         mod = model.get_submodule(name)
         if not isinstance(mod, QUANTIZABLE) and not (embedding_bits is not None and isinstance(mod, LOOKUPS)):
             continue
-        if isinstance(mod, nn.Embedding) and mod.max_norm is not None:
-            warnings.warn(f"embedding '{name}': max_norm renormalises its weight in every lookup; left in float",
-                          stacklevel=3)
-            continue
         if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros":
             warnings.warn(f"layer '{name}': padding_mode={mod.padding_mode!r} is not supported; left in float",
                           stacklevel=3)
@@ -203,6 +212,10 @@ def plan_layers(
         if hit:
             continue
         if isinstance(mod, LOOKUPS):
+            why = _not_a_plain_lookup(mod)
+            if why:
+                warnings.warn(f"embedding '{name}': {why}; left in float", stacklevel=3)
+                continue
             specs.append(LayerSpec(name, "embedding", cast(int, embedding_bits), None, granularity, group_size,
                                    symmetric, len(specs), False))
             continue
@@ -214,7 +227,8 @@ def plan_layers(
     compute = [s for s in specs if s.kind != "embedding"]
     if not compute:
         raise ValueError("no quantizable layer (nn.Linear / nn.Conv2d) left to quantize: the model has none "
-                         "that ran on the calibration batch, or ignore/filter_fn excluded them all")
+                         "that ran on the calibration batch, or ignore/filter_fn excluded them all "
+                         "(embedding_bits quantizes nn.Embedding tables beside such layers, not alone)")
 
     if keep_first_last is not None:
         first, last = compute[0], compute[-1]
@@ -242,9 +256,10 @@ def plan_layers(
             s.a_bits = None
             s.notes.append("reads the network input: not quantized")
         if s.granularity == "group":
-            k = cast(torch.Tensor, mod.weight)[0].numel()  # planned layers are Linear / Conv2d
+            k = cast(torch.Tensor, mod.weight)[0].numel()  # planned layers are Linear / Conv2d / Embedding
             if s.group_size is None or k % s.group_size:
-                warnings.warn(f"layer '{s.name}': group_size={s.group_size} does not divide its input size {k}; "
+                size = "row length" if s.kind == "embedding" else "input size"
+                warnings.warn(f"layer '{s.name}': group_size={s.group_size} does not divide its {size} {k}; "
                               "it is quantized per channel instead", stacklevel=3)
                 s.granularity, s.group_size = "channel", None
                 s.notes.append("group_size does not divide K: per channel")

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from lowbit import _native
+from lowbit.graph import set_module
 from lowbit.pack import PackedConv2d, PackedEmbedding, PackedLayer, PackedLinear
 from lowbit.quantizers import (
     QuantConv2d,
@@ -390,7 +391,7 @@ def load(path: str | Path, model: nn.Module | None = None, *, inplace: bool = Fa
         parent_name, _, child = name.rpartition(".")
         _need(bool(name) and parent_name in modules and hasattr(modules[parent_name], child),
               f"{path}: the model has no module '{name}' (does the skeleton match the file?)")
-        setattr(modules[parent_name], child, new)
+        set_module(work, name, new)  # under every name the skeleton registers it
 
     for name in identity:
         _need(isinstance(name, str) and name in modules, f"{path}: the model has no module '{name}' to fold")

@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lowbit import _native
+from lowbit.graph import set_module
 from lowbit.quantizers import (
     QuantConv2d,
     QuantEmbedding,
@@ -354,9 +355,6 @@ class PackedConv2d(PackedLayer):
                 f"groups={self.groups}, w_bits={self.w_bits}, granularity={self.granularity}, path={self.path}")
 
 
-# -- conversion -------------------------------------------------------------------------------
-
-
 class PackedEmbedding(PackedLayer):
     """nn.Embedding on a packed low-bit table (inference only): each looked-up row is decoded
     in C++ (``dequantize_rows``), equal to the fake-quant QuantEmbedding bit for bit."""
@@ -376,8 +374,10 @@ class PackedEmbedding(PackedLayer):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"embedding ids must be int64 or int32, got {ids.dtype}")
+        if ids.device.type != "cpu":
+            raise ValueError(f"packed layers run on CPU; got ids on {ids.device}")
         try:
-            rows = _native.dequantize_rows(self.packed(), ids.detach().cpu().reshape(-1).numpy())
+            rows = _native.dequantize_rows(self.packed(), ids.detach().reshape(-1).numpy())
         except ValueError as e:  # the C++ range check names the bad index
             raise IndexError(f"embedding of {self.num_embeddings} rows: {e}") from None
         return torch.from_numpy(rows).reshape(*ids.shape, self.embedding_dim)
@@ -388,6 +388,9 @@ class PackedEmbedding(PackedLayer):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, w_bits={self.w_bits}, granularity={self.granularity}"
+
+
+# -- conversion -------------------------------------------------------------------------------
 
 
 def _pack_arrays(layer: QuantLayer, name: str) -> tuple[int, int, _native.Packed]:
@@ -473,9 +476,7 @@ def pack(qmodel: nn.Module, *, inplace: bool = False, dynamic_act: bool = False)
     model = qmodel if inplace else copy.deepcopy(qmodel)
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
     for name, mod in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, packed_from_quant(mod, name, dynamic_act))
+        set_module(model, name, packed_from_quant(mod, name, dynamic_act))
     return model
 
 

@@ -205,6 +205,8 @@ class QuantEmbedding(QuantLayer):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight_override is not None:
             return F.embedding(ids, self.weight_override, self.padding_idx)
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"embedding ids must be int64 or int32, got {ids.dtype}")
         flat = ids.reshape(-1)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
             raise IndexError(f"token ids must lie in 0..{self.num_embeddings - 1}, got "

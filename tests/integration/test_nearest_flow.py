@@ -105,3 +105,5 @@ def test_policies_and_errors():
         lowbit.quantize(bad, data, progress=False)
     with pytest.raises(ValueError, match="unknown option"):
         lowbit.quantize(m, data, config={"iters": 3}, progress=False)
+    with pytest.raises(ValueError, match="preserve_sums must be True or False, got 'false'"):
+        lowbit.quantize(m, data, config={"preserve_sums": "false"}, progress=False)

@@ -53,7 +53,7 @@ def test_dequantize_rows_refuses_out_of_range_rows_and_ignores_threads():
     rng = np.random.default_rng(0)
     q = rng.integers(0, 16, size=(37, 48)).astype(np.uint8)
     p = _native.pack_weights(q, np.full((37, 1), 0.5, np.float32), np.full((37, 1), 8.0, np.float32), 4)
-    for bad in (37, -1):
+    for bad in (37, -1, 2**32 + 3):  # the last would wrap to 3 in int32
         with pytest.raises(ValueError, match=f"row index {bad} is out of range for 37 rows"):
             _native.dequantize_rows(p, np.array([0, bad]))
     assert _native.dequantize_rows(p, np.zeros(0, np.int64)).shape == (0, 48)
@@ -190,3 +190,82 @@ def test_weight_bytes_count_the_table_codes():
     plain = weight_bytes(quantize_lm(model, calib, embedding_bits=None))
     packed_table = weight_bytes(lowbit.pack(quantize_lm(model, calib)))
     assert packed_table < plain - 203 * 48 * 3  # 4 of 32 bits: about 7/8 of the token table saved
+
+
+class ScaledEmbedding(nn.Embedding):
+    """A token table that scales its rows (as Gemma's and BART's do): not a plain lookup."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * 8.0
+
+
+class TiedLM(nn.Module):
+    """One table under two names (an encoder and a decoder sharing it), plus a scaled table."""
+
+    def __init__(self):
+        super().__init__()
+        shared = nn.Embedding(203, 48)
+        self.enc, self.dec = nn.ModuleDict({"tok": shared}), nn.ModuleDict({"tok": shared})
+        self.scaled = ScaledEmbedding(203, 48)
+        self.fc = nn.Linear(48, 32)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.enc["tok"](ids) + self.dec["tok"](ids.flip(1)) + self.scaled(ids)
+        return self.out(torch.relu(self.fc(h))).mean(1)
+
+
+def test_tied_tables_are_swapped_under_every_name_and_custom_lookups_stay_float(tmp_path):
+    torch.manual_seed(0)
+    model = TiedLM().eval()
+    _, calib = tiny_lm()
+    with pytest.warns(UserWarning, match="embedding 'scaled': ScaledEmbedding has its own forward"):
+        q = quantize_lm(model, calib)
+    assert isinstance(q.enc["tok"], QuantEmbedding) and q.dec["tok"] is q.enc["tok"]
+    assert type(q.scaled) is ScaledEmbedding
+    assert [r.name for r in q.lowbit_report.layers if r.type == "Embedding"] == ["enc.tok"]
+    p = lowbit.pack(q)
+    assert isinstance(p.dec["tok"], PackedEmbedding) and p.dec["tok"] is p.enc["tok"]
+    ids = torch.cat(calib)
+    with torch.no_grad():
+        assert torch.allclose(p(ids), q(ids), atol=1e-5)
+    for m in (q, p):
+        path = tmp_path / f"{type(m.enc['tok']).__name__}.lowbit"
+        lowbit.save(m, path)
+        back = lowbit.load(path, TiedLM())
+        assert back.dec["tok"] is back.enc["tok"] and type(back.enc["tok"]) is type(m.enc["tok"])
+        with torch.no_grad():
+            assert torch.equal(back(ids), m(ids))
+
+
+def test_ids_of_other_dtypes_are_refused():
+    model, calib = tiny_lm()
+    q = quantize_lm(model, calib)
+    for m in (q, lowbit.pack(q)):
+        with pytest.raises(TypeError, match="int64 or int32, got torch.uint8"):
+            m.tok(torch.full((5,), 7, dtype=torch.uint8))
+
+
+class Outer(nn.Module):
+    """TinyLM as one block whose input is the token ids, then a head."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lm(ids))
+
+
+@pytest.mark.parametrize("method", ["n2uq", "aquant"])
+@pytest.mark.parametrize("embedding_bits", [None, 4])
+def test_block_methods_take_token_ids_as_block_input(method, embedding_bits):
+    """Block reconstruction keeps integer block inputs integer (QDrop has nothing to drop)."""
+    lm, calib = tiny_lm()
+    model = Outer(lm).eval()
+    q = lowbit.quantize(model, calib, method, config={"iters": 20}, w_bits=3, a_bits=8, embedding_bits=embedding_bits,
+                        num_samples=32, progress=False, keep_first_last=None)
+    assert {r.name: r.method for r in q.lowbit_report.layers}["lm.fc"] == method
+    with torch.no_grad():
+        assert torch.isfinite(q(calib[0])).all()

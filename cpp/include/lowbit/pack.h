@@ -151,6 +151,6 @@ void unpack_weights(const PackedMatrix& w, MatrixView<uint8_t> q, float* scale, 
 // Rows `rows[0..n)` of the weight the packed matrix stands for, decoded to float:
 // out[i, k] = (q - z) * s of row rows[i], column k (out is (n, K), row-major). The lookup of a
 // packed embedding table. Throws std::invalid_argument on a row index outside 0..N-1.
-void dequantize_rows(const PackedMatrix& w, const int64_t* rows, int64_t n, float* out);
+void dequantize_rows(const PackedMatrix& w, const int32_t* rows, int64_t n, float* out);
 
 }  // namespace lowbit

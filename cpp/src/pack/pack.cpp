@@ -117,7 +117,7 @@ void unpack_weights(const PackedMatrix& w, MatrixView<uint8_t> q, float* scale, 
   });
 }
 
-void dequantize_rows(const PackedMatrix& w, const int64_t* rows, int64_t n, float* out) {
+void dequantize_rows(const PackedMatrix& w, const int32_t* rows, int64_t n, float* out) {
   const PackedShape& s = w.shape;
   check_packed_shape(s);
   for (int64_t i = 0; i < n; ++i)  // checked up front: nothing is thrown inside the parallel loop

@@ -225,7 +225,7 @@ def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: ca
                q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
                fronts: _Calibration | None = None):
     """(FP input, FP output, quantized-network input mapped by ``q_input``) of one module for
-    one batch, in float32; each network runs only up to that module (from ``fronts``' cached
+    one batch, in float32 (integer inputs as they are); each network runs only up to that module (from ``fronts``' cached
     inputs where it can)."""
     got: dict[str, torch.Tensor] = {}
 
@@ -253,7 +253,12 @@ def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: ca
     run(ctx.fp_model, None if fronts is None else fronts.fp, fp_mod,
         [fp_mod.register_forward_pre_hook(fp_in), fp_mod.register_forward_hook(fp_out)])
     run(ctx.qmodel, None if fronts is None else fronts.q, q_mod, [q_mod.register_forward_pre_hook(q_in)])
-    return got["x"].float(), got["y"].float(), got["xq"].float()
+    # Integer inputs (token ids into a block that starts with its lookup) stay integers.
+    return _as_float(got["x"]), got["y"].float(), _as_float(got["xq"])
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
 
 
 _RELU_FUNCS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
@@ -790,7 +795,7 @@ def reconstruct_block(ctx: QuantContext, unit: BlockUnit, config: AdaRoundConfig
         for t in range(1, iters + 1):
             idx = torch.randperm(N, generator=gen)[:bsz]
             x = Xq[idx]
-            if config.drop_prob > 0:
+            if config.drop_prob > 0 and x.is_floating_point():  # token ids: nothing to drop
                 mix = (torch.rand(x.shape, generator=gen) < config.drop_prob).to(x.dtype)
                 x = torch.lerp(x, X[idx], mix)  # exact ends for weights 0 / 1
             for n, wt in wts.items():

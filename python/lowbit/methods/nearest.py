@@ -96,7 +96,8 @@ def sum_preserving_codes(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     t = (w2d / expand_units(scale, R, K) + expand_units(zero, R, K)).reshape(R, G, K // G)
     c = codes.reshape(R, G, K // G).float()
     resid = t - c  # in [-0.5, 0.5] where not clipped
-    deficit = torch.round(t.clamp(0, (1 << bits) - 1).sum(-1) - c.sum(-1))  # (R, G) steps
+    # (R, G) steps, summed in float64: long float32 sums lose the fraction that decides it
+    deficit = torch.round((t.clamp(0, (1 << bits) - 1) - c).double().sum(-1)).float()
     up = resid.masked_fill(c >= (1 << bits) - 1, float("-inf"))
     down = (-resid).masked_fill(c <= 0, float("-inf"))
     # Stable sorts: ties go to the first column, whatever the thread count.
@@ -113,6 +114,8 @@ def run(ctx: QuantContext, config: NearestConfig) -> None:
     # The context arrives nearest-rounded, and report rows default to "nearest".
     if config.preserve_sums:
         for spec in ctx.layers:
+            if ctx.report[spec.name].method != "nearest":  # an earlier stage chose these codes
+                continue
             q = ctx.qlayer(spec.name)
             w = float_weight_2d(ctx.fp_layer(spec.name))
             q.set_codes(sum_preserving_codes(w, q.scale, q.zero, q.w_bits, q.codes.reshape(w.shape)).reshape(q.codes.shape),
