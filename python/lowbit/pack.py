@@ -444,7 +444,8 @@ def packed_from_quant(layer: QuantLayer, name: str = "", dynamic_act: bool = Fal
     if isinstance(layer, QuantLinear):
         return PackedLinear(layer.in_features, layer.out_features, **kw)
     if isinstance(layer, QuantEmbedding):
-        return PackedEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx, **{**kw, "dynamic_act": False})
+        return PackedEmbedding(layer.num_embeddings, layer.embedding_dim, layer.padding_idx,
+                               **{**kw, "dynamic_act": False})  # a lookup has no activations
     if isinstance(layer, QuantConv2d):
         return PackedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                             layer.dilation, layer.groups, **kw)

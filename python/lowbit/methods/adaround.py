@@ -225,8 +225,8 @@ def _module_io(ctx: QuantContext, fp_mod: nn.Module, q_mod: nn.Module, batch: ca
                q_input: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
                fronts: _Calibration | None = None):
     """(FP input, FP output, quantized-network input mapped by ``q_input``) of one module for
-    one batch, in float32 (integer inputs as they are); each network runs only up to that module (from ``fronts``' cached
-    inputs where it can)."""
+    one batch, in float32 (integer inputs as they are); each network runs only up to that module
+    (from ``fronts``' cached inputs where it can)."""
     got: dict[str, torch.Tensor] = {}
 
     def fp_in(m, args):

@@ -101,7 +101,8 @@ def sum_preserving_codes(w2d: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     up = resid.masked_fill(c >= (1 << bits) - 1, float("-inf"))
     down = (-resid).masked_fill(c <= 0, float("-inf"))
     # Stable sorts: ties go to the first column, whatever the thread count.
-    rank_up = up.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)  # 0 = the first to round up
+    # rank 0 = the first to round up (or down)
+    rank_up = up.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
     rank_down = down.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
     d = deficit.unsqueeze(-1)
     c = c + ((rank_up < d) & (up > float("-inf"))).float() - ((rank_down < -d) & (down > float("-inf"))).float()
@@ -118,7 +119,7 @@ def run(ctx: QuantContext, config: NearestConfig) -> None:
                 continue
             q = ctx.qlayer(spec.name)
             w = float_weight_2d(ctx.fp_layer(spec.name))
-            q.set_codes(sum_preserving_codes(w, q.scale, q.zero, q.w_bits, q.codes.reshape(w.shape)).reshape(q.codes.shape),
-                        q.scale, q.zero, q.w_bits)
+            codes = sum_preserving_codes(w, q.scale, q.zero, q.w_bits, q.codes.reshape(w.shape))
+            q.set_codes(codes.reshape(q.codes.shape), q.scale, q.zero, q.w_bits)
     if config.bias_correction:
         bias_correct(ctx)
