@@ -153,11 +153,15 @@ def _check_keys(keys: Iterable[Any], arg: str) -> None:
                 raise ValueError(f"{arg}: invalid regex {k!r}: {e}") from e
 
 
-def _not_a_plain_lookup(mod: nn.Embedding) -> str | None:
-    """Why a QuantEmbedding (a plain row lookup) cannot stand in for ``mod``; None if it can."""
-    if type(mod).forward is not nn.Embedding.forward:  # e.g. scaled or offset token embeddings
-        return f"{type(mod).__name__} has its own forward, which a lookup would drop"
-    if mod.max_norm is not None:
+def _why_left_float(mod: nn.Module) -> str | None:
+    """Why no fake-quant layer can stand in for ``mod`` (a Linear, Conv2d or Embedding); None
+    if one can. The swap keeps the weight and the base class's computation, nothing else."""
+    base = next(b for b in (nn.Linear, nn.Conv2d, nn.Embedding) if isinstance(mod, b))
+    if type(mod).forward is not base.forward:  # e.g. LoRA wrappers, scaled token embeddings
+        return f"{type(mod).__name__} has its own forward, which a quantized {base.__name__} would drop"
+    if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros":
+        return f"padding_mode={mod.padding_mode!r} is not supported"
+    if isinstance(mod, nn.Embedding) and mod.max_norm is not None:
         return "max_norm renormalises its weight in every lookup"
     return None
 
@@ -196,10 +200,6 @@ def plan_layers(
         mod = model.get_submodule(name)
         if not isinstance(mod, QUANTIZABLE) and not (embedding_bits is not None and isinstance(mod, LOOKUPS)):
             continue
-        if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros":
-            warnings.warn(f"layer '{name}': padding_mode={mod.padding_mode!r} is not supported; left in float",
-                          stacklevel=3)
-            continue
         if filter_fn is not None and not filter_fn(name, mod):
             continue
         candidates.append((name, mod))
@@ -211,11 +211,11 @@ def plan_layers(
         used_ignore.update(map(repr, hit))
         if hit:
             continue
+        why = _why_left_float(mod)
+        if why:
+            warnings.warn(f"layer '{name}': {why}; left in float", stacklevel=3)
+            continue
         if isinstance(mod, LOOKUPS):
-            why = _not_a_plain_lookup(mod)
-            if why:
-                warnings.warn(f"embedding '{name}': {why}; left in float", stacklevel=3)
-                continue
             specs.append(LayerSpec(name, "embedding", cast(int, embedding_bits), None, granularity, group_size,
                                    symmetric, len(specs), False))
             continue

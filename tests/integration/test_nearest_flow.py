@@ -1,6 +1,7 @@
 """The quantize contract on a tiny CNN with BN, grouped and depthwise convs."""
 
 import hashlib
+import warnings
 
 import pytest
 import torch
@@ -107,3 +108,38 @@ def test_policies_and_errors():
         lowbit.quantize(m, data, config={"iters": 3}, progress=False)
     with pytest.raises(ValueError, match="preserve_sums must be True or False, got 'false'"):
         lowbit.quantize(m, data, config={"preserve_sums": "false"}, progress=False)
+
+
+class LoraLinear(nn.Linear):
+    """A Linear whose forward adds a low-rank term: a plain QuantLinear would drop it."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__(n_in, n_out)
+        self.a, self.b = nn.Parameter(torch.randn(2, n_in)), nn.Parameter(torch.randn(n_out, 2))
+
+    def forward(self, x):
+        return super().forward(x) + x @ self.a.T @ self.b.T
+
+
+class PlainSubclass(nn.Linear):
+    """A subclass with the base forward: quantized like any Linear."""
+
+
+def test_layers_a_swap_would_change_stay_float():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="circular"), nn.Flatten(), LoraLinear(64, 8),
+                        nn.ReLU(), PlainSubclass(8, 8), nn.Linear(8, 3)).eval()
+    data = [torch.randn(8, 1, 4, 4) for _ in range(2)]
+    with pytest.warns(UserWarning) as rec:
+        q = lowbit.quantize(net, data, progress=False, keep_first_last=None)
+    said = " | ".join(str(w.message) for w in rec)
+    assert "layer '0': padding_mode='circular' is not supported; left in float" in said
+    assert "layer '2': LoraLinear has its own forward, which a quantized Linear would drop; left in float" in said
+    assert type(q[0]) is nn.Conv2d and type(q[2]) is LoraLinear
+    assert isinstance(q[4], QuantLinear) and isinstance(q[5], QuantLinear)
+    with torch.no_grad():
+        assert torch.equal(q[2](torch.ones(1, 64)), net[2](torch.ones(1, 64)))  # the low-rank term is kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ignoring a layer silences its warning
+        lowbit.quantize(net, data, progress=False, keep_first_last=None, ignore=["0", "2"])
+

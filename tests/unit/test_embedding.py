@@ -135,7 +135,7 @@ def test_embedding_errors():
     model, calib = tiny_lm()
     with pytest.raises(ValueError, match="embedding_bits"):
         quantize_lm(model, calib, embedding_bits=9)
-    with pytest.warns(UserWarning, match="embedding 'tok': max_norm"):
+    with pytest.warns(UserWarning, match="layer 'tok': max_norm"):
         q = quantize_lm(*tiny_lm(max_norm=1.0))
     assert isinstance(q.tok, nn.Embedding)
     q = quantize_lm(model, calib)
@@ -219,7 +219,7 @@ def test_tied_tables_are_swapped_under_every_name_and_custom_lookups_stay_float(
     torch.manual_seed(0)
     model = TiedLM().eval()
     _, calib = tiny_lm()
-    with pytest.warns(UserWarning, match="embedding 'scaled': ScaledEmbedding has its own forward"):
+    with pytest.warns(UserWarning, match="layer 'scaled': ScaledEmbedding has its own forward"):
         q = quantize_lm(model, calib)
     assert isinstance(q.enc["tok"], QuantEmbedding) and q.dec["tok"] is q.enc["tok"]
     assert type(q.scaled) is ScaledEmbedding
