@@ -56,6 +56,7 @@ from lowbit.quantizers import (
     QuantLayer,
     QuantLinear,
     UniformActQuantizer,
+    check_token_ids,
 )
 
 if TYPE_CHECKING:
@@ -372,14 +373,10 @@ class PackedEmbedding(PackedLayer):
         return "lookup"
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"embedding ids must be int64 or int32, got {ids.dtype}")
         if ids.device.type != "cpu":
             raise ValueError(f"packed layers run on CPU; got ids on {ids.device}")
-        try:
-            rows = _native.dequantize_rows(self.packed(), ids.detach().reshape(-1).numpy())
-        except ValueError as e:  # the C++ range check names the bad index
-            raise IndexError(f"embedding of {self.num_embeddings} rows: {e}") from None
+        flat = check_token_ids(ids, self.num_embeddings)
+        rows = _native.dequantize_rows(self.packed(), flat.detach().numpy())
         return torch.from_numpy(rows).reshape(*ids.shape, self.embedding_dim)
 
     @property

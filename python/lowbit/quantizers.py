@@ -189,6 +189,17 @@ class QuantConv2d(QuantLayer):
                 f"granularity={self.granularity}")
 
 
+def check_token_ids(ids: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """The ids of a lookup, flattened; TypeError / IndexError as nn.Embedding would raise (and
+    no negative id silently indexing from the end)."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"embedding ids must be int64 or int32, got {ids.dtype}")
+    flat = ids.reshape(-1)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_embeddings):
+        raise IndexError(f"token ids must lie in 0..{num_embeddings - 1}, got {int(flat.min())}..{int(flat.max())}")
+    return flat
+
+
 class QuantEmbedding(QuantLayer):
     """Fake-quant nn.Embedding: a lookup of rows of ``(codes - zero) * scale``, each token's row
     decoded on its own (a whole vocabulary is never dequantized). A lookup has no input
@@ -205,12 +216,7 @@ class QuantEmbedding(QuantLayer):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight_override is not None:
             return F.embedding(ids, self.weight_override, self.padding_idx)
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"embedding ids must be int64 or int32, got {ids.dtype}")
-        flat = ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
-            raise IndexError(f"token ids must lie in 0..{self.num_embeddings - 1}, got "
-                             f"{int(flat.min())}..{int(flat.max())}")
+        flat = check_token_ids(ids, self.num_embeddings)
         unit = (lambda p: p.expand(flat.numel(), -1)) if self.scale.shape[0] == 1 else (lambda p: p[flat])
         rows = dequantize_codes(self.codes[flat], unit(self.scale), unit(self.zero))
         return rows.reshape(*ids.shape, self.embedding_dim)
