@@ -1,7 +1,7 @@
 """Every method's accuracy on the bundled models, measured by the benchmark scripts themselves;
 rewrites docs/results.md, the README's headline block and the plots under docs/results/.
 
-    python benchmarks/accuracy.py [--quick] [--only SECTION ...] [--render-only] [--json]
+    python benchmarks/accuracy.py [--quick] [--only SECTION ...] [--threads N] [--render-only] [--json]
 
 Each section runs its benchmark scripts (or ``python -m lowbit eval``) as subprocesses, reads the
 JSON they print, and stores the exact commands, their wall seconds and load averages, the date,
@@ -81,19 +81,21 @@ class Section:
     """One section's run: its commands (each recorded as it runs) and the tables, headline
     figures and plot points built from their output."""
 
-    def __init__(self, name: str, quick: bool):
-        self.name, self.quick = name, quick
+    def __init__(self, name: str, quick: bool, threads: int = 1):
+        self.name, self.quick, self.threads = name, quick, threads
         self.tables: list[dict] = []
         self.headline: list[dict] = []
         self.points: list[dict] = []
         self.extra: dict = {}
         self._runs: list[dict] = []
 
-    def run(self, args: list[str], threads: int | None = 1, keep: Callable[[Any], Any] | None = None) -> Any:
-        """Runs ``python ARGS`` in the repository root and returns the JSON it printed last;
-        ``keep`` trims what of it is stored with the run (the whole of it by default)."""
+    def run(self, args: list[str], all_threads: bool = False, keep: Callable[[Any], Any] | None = None) -> Any:
+        """Runs ``python ARGS`` in the repository root on the section's threads (all the machine's
+        with ``all_threads``) and returns the JSON it printed last; ``keep`` trims what of it is
+        stored with the run (the whole of it by default)."""
         env = dict(os.environ)
         prefix = ""
+        threads = None if all_threads else self.threads
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
             prefix = f"OMP_NUM_THREADS={threads} "
@@ -365,18 +367,23 @@ def sec_models(s: Section, quick: bool) -> None:
     plans = [("nearest", 8, None), ("nearest", 8, bc), ("nearest", 8, ps), ("nearest", 8, {**ps, **bc})]
     if not quick:
         plans += [("nearest", 4, None), ("nearest", 4, bc), ("nearest", 4, {**ps, **bc})]
-    # (method, weight bits, options, embedding bits): mobilenet_v2's AdaRound and W4 rows in full
-    # mode only (the quick run stays under 20 minutes); minilm's word tables are half its weights.
-    extra = {"mobilenet_v2": [] if quick else [("adaround", 4, {"iters": 1000}, None)],
-             "minilm": [("nearest", 4, None, 4), ("adaround", 4, {"iters": 50 if quick else 1000}, None)]}
+    # (method, weight bits, options, embedding bits): minilm's word tables are half its weights.
+    # AdaRound runs seed 0 only in full mode, on 256 calibration samples: one mobilenet_v2 run on
+    # the full task's 1024 images at 224 px takes over an hour on one core.
+    ada = {"iters": 50} if quick else {"iters": 1000, "num_samples": 256}
+    extra = {"mobilenet_v2": [] if quick else [("adaround", 4, ada, None)],
+             "minilm": [("nearest", 4, None, 4), ("adaround", 4, ada, None)]}
     for model, metric, agreement in (("mobilenet_v2", "probe accuracy %", "photo top-1 agreement with FP %"),
                                      ("minilm", "Recall@1 %", "cosine to FP x 100")):
         rows, fp = [], None
         for method, w, options, emb in [(*p, None) for p in plans] + extra[model]:
+            run_seeds = [0] if method == "adaround" else seeds
             recs = [s.run(eval_args(model, method, w, 8, seed, quick, options, embedding_bits=emb),
-                          keep=drop("bits_per_layer")) for seed in seeds]
+                          keep=drop("bits_per_layer")) for seed in run_seeds]
             fp = recs[0]
             label = method + ("" if not options else " " + ", ".join(f"{k}={v}" for k, v in options.items()))
+            if run_seeds != seeds:
+                label += f" ({seeds_text(run_seeds)})"
             rows.append([label + ("" if emb is None else f", embeddings W{emb}"), wa(w, 8),
                          stat([r["metric"] for r in recs]), stat([r["agreement"] for r in recs]),
                          recs[0]["size_bytes"], stat([r["seconds"] for r in recs])])
@@ -387,7 +394,7 @@ def sec_models(s: Section, quick: bool) -> None:
 
 
 def sec_kernels(s: Section, quick: bool) -> None:
-    out = s.run(["benchmarks/kernels.py", "--json"], threads=None)
+    out = s.run(["benchmarks/kernels.py", "--json"], all_threads=True)
     env, sm = out["env"], out["summary"]
     pick = {("lw", 4, 1): "W4 batch 1", ("lw", 3, 1): "W3 batch 1", ("lw", 2, 1): "W2 batch 1",
             ("lw", 4, 8): "W4 batch 8", ("a8", 4, 1): "W4A8 batch 1", ("a8", 4, 8): "W4A8 batch 8",
@@ -461,9 +468,9 @@ def trained_weights() -> dict[str, str]:
             for p in sorted(cache_dir().glob("fmnist_resnet-*.safetensors"))}
 
 
-def run_section(name: str, quick: bool) -> dict:
+def run_section(name: str, quick: bool, threads: int = 1) -> dict:
     fn, title, _ = SECTIONS[name]
-    s = Section(name, quick)
+    s = Section(name, quick, threads)
     load = os.getloadavg()[0]
     cpu0 = child_cpu_seconds()
     t0 = time.perf_counter()
@@ -707,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
     ap.add_argument("--render-only", action="store_true", help="rebuild the pages from the stored results")
     ap.add_argument("--json", action="store_true", help="print the records of the sections run as JSON")
+    ap.add_argument("--threads", type=int, default=1, help="OMP threads per run (accuracy does not depend on it; "
+                    "the kernels section always takes all)")
     args = ap.parse_args(argv)
     names = args.only or [n for n, (_, _, in_quick) in SECTIONS.items() if in_quick or not args.quick]
     ran, failed = {}, []
@@ -714,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         for name in names:
             try:
-                ran[name] = run_section(name, args.quick)
+                ran[name] = run_section(name, args.quick, args.threads)
             except (subprocess.CalledProcessError, ValueError, KeyError) as e:  # the others still run
                 print(f"[{name}] failed, nothing stored: {e!r}", file=sys.stderr, flush=True)
                 failed.append(name)
