@@ -136,3 +136,37 @@ def test_last_json_finds_the_final_object():
     assert acc.last_json('{"a": 1}\nrow\n{\n "b": [1,\n  2]\n}\n') == {"b": [1, 2]}
     with pytest.raises(ValueError):
         acc.last_json("no json here")
+
+
+class _CannedSection(acc.Section):
+    """A Section whose runs return canned script output instead of running anything."""
+
+    def run(self, args, all_threads=False, keep=None):
+        self._runs.append({"command": " ".join(args)})
+        if args[0] == "benchmarks/metric_floor.py":
+            return {"rows": [{"dtype": "bfloat16", "metric": 80.0, "agreement": 96.0},
+                             {"dtype": "float16", "metric": 81.0, "agreement": 99.5}]}
+        seed = int(args[args.index("--seed") + 1])
+        return {"metric": 70.0 + seed, "agreement": 90.0, "size_bytes": 10, "seconds": 1.0, "fp_metric": 82.0,
+                "fp_size_bytes": 40}
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_models_section_rows(quick):
+    s = _CannedSection("models", quick)
+    acc.sec_models(s, quick)
+    assert [t["title"] for t in s.tables] == ["mobilenet_v2", "minilm"]
+    for t in s.tables:
+        fp, bf16, fp16 = t["rows"][:3]
+        assert fp[:4] == ["FP32", "W32A32", 82.0, 100.0]
+        assert bf16[0].startswith("FP32, parameters rounded to bfloat16") and bf16[2:5] == [80.0, 96.0, 20]
+        assert fp16[3] == 99.5
+        assert sum("metric_floor.py" in r["command"] for r in t["runs"]) == 1
+        ada = [r for r in t["rows"] if r[0].startswith("adaround")]
+        if quick or t["title"] == "mobilenet_v2":  # one seed throughout
+            assert all(r[2]["n"] == 1 for r in t["rows"][3:])
+            assert not any("(seed 0)" in r[0] for r in t["rows"])
+        else:  # minilm in full mode: 3 seeds, AdaRound on seed 0 alone, said in its label
+            assert t["rows"][3][2] == {"mean": 71.0, "std": 1.0, "n": 3}
+            assert ada and all(r[0].endswith("(seed 0)") and r[2]["n"] == 1 for r in ada)
+    assert bool(ada) is True
