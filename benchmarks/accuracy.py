@@ -11,8 +11,11 @@ and sections measured at different times combine. Per section the page shows the
 one is stored, else the quick one, and says which. ``--quick`` passes the scripts their small
 settings (one seed where a run is long, fewer iterations and samples, the quick task) so that
 the whole run fits in 20 minutes on 2 cores; the full settings are those of the figures quoted in
-the method pages. Subprocesses run with one thread (OMP_NUM_THREADS=1; accuracy does not depend
-on it), except the kernel timings, which use the script's 2.
+the method pages. Subprocesses run with one thread (OMP_NUM_THREADS=1, or --threads N), except the
+kernel timings, which use the script's 2. lowbit's C++ kernels give the same result at any thread
+count; torch's float passes (calibration, evaluation) can differ in their last bits with it, which
+now and then moves a score by a sample (mobilenet_v2's probe, a logistic regression fitted on FP features, most of all), so each
+command is stored with its thread count.
 """
 
 from __future__ import annotations
@@ -398,7 +401,7 @@ def sec_models(s: Section, quick: bool) -> None:
         s.table(model, f"{size}, {seeds_text(seeds)}", ["method", "setting", metric, agreement, "weight bytes",
                                                   "quantization s"], rows,
                 "The rows rounded to 16-bit floats quantize nothing: they show how far the metrics move under "
-                "a relative weight error of at most 2^-9 (bfloat16) or 2^-12 (float16).")
+                "a relative weight error of at most 2^-8 (bfloat16) or 2^-11 (float16, for normal values).")
 
 
 def sec_kernels(s: Section, quick: bool) -> None:
@@ -595,8 +598,12 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         "(one seed, the quick task, short schedules); `python benchmarks/accuracy.py` with the full ones (3 seeds, the "
         "full test set, longer schedules); `--only SECTION` runs one section and `--render-only` rebuilds this "
         "page and the README's methods table from the stored files. Each section shows its full run where one "
-        "is stored, else the quick one, and its heading says which. Accuracy does not depend on the machine or "
-        "the thread count; wall times do, and the machine was shared (the load average is given with each).",
+        "is stored, else the quick one, and its heading says which. lowbit's C++ kernels give the same result at "
+        "any thread count; torch's float passes (calibration, evaluation) can differ in their last bits with it, "
+        "which now and then moves a "
+        "score by a sample (mobilenet_v2's probe accuracy, a logistic regression fitted on FP features, most of "
+        "all), so each command is shown with its OMP_NUM_THREADS. Wall times depend on the "
+        "machine, and it was shared (the load average is given with each).",
         100), "",
         "| section | shown | wall s |", "|---|---|---|",
         *(f"| [{name}](#{anchor(SECTIONS[name][1], records.get(name))}) | "
@@ -722,9 +729,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
     ap.add_argument("--render-only", action="store_true", help="rebuild the pages from the stored results")
     ap.add_argument("--json", action="store_true", help="print the records of the sections run as JSON")
-    ap.add_argument("--threads", type=int, default=1, help="OMP threads per run (accuracy does not depend on it; "
-                    "the kernels section always takes all)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (stored with each command; "
+                    "scripts with a --threads option of their own keep theirs, the kernels section takes all)")
     args = ap.parse_args(argv)
+    if args.threads < 1:
+        ap.error(f"--threads must be at least 1, got {args.threads}")
     names = args.only or [n for n, (_, _, in_quick) in SECTIONS.items() if in_quick or not args.quick]
     ran, failed = {}, []
     t0 = time.perf_counter()

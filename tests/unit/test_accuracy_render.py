@@ -163,10 +163,13 @@ def test_models_section_rows(quick):
         assert fp16[3] == 99.5
         assert sum("metric_floor.py" in r["command"] for r in t["runs"]) == 1
         ada = [r for r in t["rows"] if r[0].startswith("adaround")]
+        ada_runs = [r["command"] for r in t["runs"] if "adaround" in r["command"]]
+        assert len(ada) == (0 if quick and t["title"] == "mobilenet_v2" else 1)
+        assert len(ada_runs) == len(ada)
+        assert all(('"num_samples": 256' in c) != quick and "--seed 0 " in c for c in ada_runs), ada_runs
         if quick or t["title"] == "mobilenet_v2":  # one seed throughout
             assert all(r[2]["n"] == 1 for r in t["rows"][3:])
             assert not any("(seed 0)" in r[0] for r in t["rows"])
         else:  # minilm in full mode: 3 seeds, AdaRound on seed 0 alone, said in its label
             assert t["rows"][3][2] == {"mean": 71.0, "std": 1.0, "n": 3}
-            assert ada and all(r[0].endswith("(seed 0)") and r[2]["n"] == 1 for r in ada)
-    assert bool(ada) is True
+            assert all(r[0].endswith("(seed 0)") and r[2]["n"] == 1 for r in ada)

@@ -114,11 +114,12 @@ def _minilm_or_skip():
 def test_minilm_loads_quietly_and_restores_transformers_logging(capfd):
     import transformers
 
-    verbosity = transformers.logging.get_verbosity()
+    log = transformers.utils.logging
+    verbosity, bar = log.get_verbosity(), log.is_progress_bar_enabled()
     model = _minilm_or_skip()
     out, err = capfd.readouterr()
     assert "LOAD REPORT" not in out + err and "Loading weights" not in out + err, out + err
-    assert transformers.logging.get_verbosity() == verbosity
+    assert (log.get_verbosity(), log.is_progress_bar_enabled()) == (verbosity, bar)
     assert sum(type(m).__name__ == "Linear" for m in model.modules()) == 36
 
 
@@ -133,5 +134,25 @@ def test_minilm_refuses_a_checkpoint_that_does_not_fit(monkeypatch):
         return bert, {**info, "missing_keys": ["encoder.layer.0.output.dense.weight"]}
 
     monkeypatch.setattr(transformers.BertModel, "from_pretrained", missing_a_key)
-    with pytest.raises(data.AssetMissing, match=r"does not fit BertModel.*missing.*output\.dense"):
+    with pytest.raises(RuntimeError, match=r"transformers .* does not load .*missing.*output\.dense"):
         zoo.minilm()
+
+
+def test_minilm_shows_transformers_report_when_it_refuses_the_checkpoint(monkeypatch):
+    """A load transformers refuses runs again with its logging as it was (its report shown)."""
+    _minilm_or_skip()
+    import transformers
+
+    log = transformers.utils.logging
+    verbosity, bar = log.get_verbosity(), log.is_progress_bar_enabled()
+    seen = []
+
+    def refuse(*args, **kwargs):
+        seen.append((log.get_verbosity(), log.is_progress_bar_enabled()))
+        raise RuntimeError("size mismatch, look at the above report")
+
+    monkeypatch.setattr(transformers.BertModel, "from_pretrained", refuse)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        zoo.minilm()
+    assert seen == [(log.ERROR, False), (verbosity, bar)]
+    assert (log.get_verbosity(), log.is_progress_bar_enabled()) == (verbosity, bar)

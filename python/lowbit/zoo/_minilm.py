@@ -60,25 +60,32 @@ def _transformers():
 
 def minilm() -> SentenceEncoder:
     """all-MiniLM-L6-v2 as a :class:`SentenceEncoder` in eval mode (6 layers, 36 Linear layers)."""
-    path = model_dir()
-    tf = _transformers()
+    path, tf = model_dir(), _transformers()
+    load = functools.partial(tf.BertModel.from_pretrained, str(path), local_files_only=True,
+                             add_pooling_layer=False, output_loading_info=True)
     # transformers reports the checkpoint's pooler weights, which add_pooling_layer=False leaves
-    # out, as unexpected, with a progress bar, on every load: checked here instead, quietly.
-    verbosity, bar = tf.logging.get_verbosity(), tf.utils.logging.is_progress_bar_enabled()
-    tf.logging.set_verbosity_error()
-    tf.utils.logging.disable_progress_bar()
+    # out, as unexpected, with a progress bar, on every load: silenced here, the loading info
+    # checked below instead.
+    log = tf.utils.logging
+    verbosity, bar = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
     try:
-        bert, info = tf.BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False,
-                                                  output_loading_info=True)
+        bert, info = load()
+    except RuntimeError:  # transformers refused the checkpoint: load again, below, with its report shown
+        bert = None
     finally:
-        tf.logging.set_verbosity(verbosity)
+        log.set_verbosity(verbosity)
         if bar:
-            tf.utils.logging.enable_progress_bar()
+            log.enable_progress_bar()
+    if bert is None:
+        bert, info = load()
     wrong = {"missing": list(info.get("missing_keys", [])), "mismatched": list(info.get("mismatched_keys", [])),
              "unexpected": [k for k in info.get("unexpected_keys", []) if not k.startswith("pooler.")]}
     wrong = {kind: keys for kind, keys in wrong.items() if keys}
-    if wrong:
-        raise AssetMissing(f"{path}/model.safetensors does not fit BertModel ({wrong}); reinstall with: {INSTALL}")
+    if wrong:  # the file's sha256 is checked: this transformers maps it differently
+        raise RuntimeError(f"transformers {tf.__version__} does not load {path}/model.safetensors into BertModel "
+                           f"as expected ({wrong})")
     return SentenceEncoder(bert).eval()
 
 
