@@ -14,8 +14,8 @@ the whole run fits in 20 minutes on 2 cores; the full settings are those of the 
 the method pages. Subprocesses run with one thread (OMP_NUM_THREADS=1, or --threads N), except the
 kernel timings, which use the script's 2. lowbit's C++ kernels give the same result at any thread
 count; torch's float passes (calibration, evaluation) can differ in their last bits with it, which
-now and then moves a score by a sample (mobilenet_v2's probe, a logistic regression fitted on FP features, most of all), so each
-command is stored with its thread count.
+now and then moves a score by a sample (mobilenet_v2's probe, a logistic regression fitted on FP
+features, most of all), so each command is stored with its thread count.
 """
 
 from __future__ import annotations
@@ -373,8 +373,8 @@ def sec_models(s: Section, quick: bool) -> None:
     if not quick:
         plans += [("nearest", 4, None), ("nearest", 4, bc), ("nearest", 4, {**ps, **bc})]
     # (method, weight bits, options, embedding bits): minilm's word tables are half its weights.
-    # AdaRound runs seed 0 only in full mode, on 256 calibration samples: one mobilenet_v2 run on
-    # the full task's 1024 images at 224 px takes over an hour on one core.
+    # AdaRound runs on seed 0 only, in full mode on 256 calibration samples: on the full task's
+    # 1024 images at 224 px, one mobilenet_v2 run was still on its 4th of 52 layers after 6 minutes.
     ada = {"iters": 50} if quick else {"iters": 1000, "num_samples": 256}
     extra = {"mobilenet_v2": [] if quick else [("adaround", 4, ada, None)],
              "minilm": [("nearest", 4, None, 4), ("adaround", 4, ada, None)]}
@@ -600,10 +600,9 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         "page and the README's methods table from the stored files. Each section shows its full run where one "
         "is stored, else the quick one, and its heading says which. lowbit's C++ kernels give the same result at "
         "any thread count; torch's float passes (calibration, evaluation) can differ in their last bits with it, "
-        "which now and then moves a "
-        "score by a sample (mobilenet_v2's probe accuracy, a logistic regression fitted on FP features, most of "
-        "all), so each command is shown with its OMP_NUM_THREADS. Wall times depend on the "
-        "machine, and it was shared (the load average is given with each).",
+        "which now and then moves a score by a sample (mobilenet_v2's probe accuracy, a logistic regression "
+        "fitted on FP features, most of all), so each command is shown with its OMP_NUM_THREADS. Wall times "
+        "depend on the machine, and it was shared (the load average is given with each).",
         100), "",
         "| section | shown | wall s |", "|---|---|---|",
         *(f"| [{name}](#{anchor(SECTIONS[name][1], records.get(name))}) | "
