@@ -9,7 +9,8 @@ channels) plus the rounding regulariser, backward to V, torch.optim.Adam. The en
 engine objectives are timed. Shapes: ResNet-18 layer1 / layer3 / layer4 3x3 convs and a
 MobileNetV2 pointwise and depthwise conv. loss_rel_diff: the rows objective against the torch
 step on the same minibatches after the same number of steps (relative difference of the final
-reconstruction loss). Times are medians of --repeats runs, in the same process.
+reconstruction loss). Times are medians of --repeats runs, in the same process, the three
+contenders taking turns.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit import _native as N
-from lowbit.methods.adaround import GRAM_PREFERENCE
+from lowbit.methods.adaround import auto_objective
 
 ZETA, GAMMA = 1.1, -0.1
 # name, C_in, C_out, kernel, spatial, groups
@@ -78,13 +79,16 @@ def torch_steps(W, s, z, X, Y, conv, groups, steps, seed, sched_iters, batch=32)
     return losses
 
 
-def median_time(fn, repeats):
-    times = []
+def median_times(fns: dict, repeats: int) -> dict:
+    """Median wall time of each function; the repeats take turns, so that a slow spell of the
+    (shared) machine hits every contender alike."""
+    times: dict = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_shape(name, cin, cout, k, hw, groups, n, steps, repeats, rng) -> dict:
@@ -107,11 +111,10 @@ def bench_shape(name, cin, cout, k, hw, groups, n, steps, repeats, rng) -> dict:
         return N.rounding_run_rows(W, s, z, 4, V, m, v, X, Y, sched, 0, steps, conv=conv, batch=32,
                                    seed=1, groups=groups)
 
-    t_gram = median_time(gram, repeats) / steps
-    t_rows = median_time(rows_, repeats) / steps
-    t_torch = median_time(lambda: torch_steps(W, s, z, X, Y, conv, groups, steps, 1, 1000), repeats) / steps
-    gram_cost, rows_cost = N.rounding_cost(cout, d, groups, 32 * hw * hw)
-    auto = "gram" if gram_cost <= GRAM_PREFERENCE * rows_cost else "rows"  # as objective="auto"
+    med = median_times({"gram": gram, "rows": rows_,
+                        "torch": lambda: torch_steps(W, s, z, X, Y, conv, groups, steps, 1, 1000)}, repeats)
+    t_gram, t_rows, t_torch = (med[k] / steps for k in ("gram", "rows", "torch"))
+    auto = auto_objective(cout, d, groups, 32 * hw * hw)
     t_auto = t_gram if auto == "gram" else t_rows
     rec_cpp = rows_()[0]
     rec_torch = torch_steps(W, s, z, X, Y, conv, groups, steps, 1, 1000)

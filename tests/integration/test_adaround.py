@@ -10,7 +10,13 @@ from _digits import accuracy, loader, trained_cnn, trained_mlp
 
 import lowbit
 from lowbit import _native
-from lowbit.methods.adaround import AdaRoundConfig, BlockExtension, find_blocks, relu_followed
+from lowbit.methods.adaround import (
+    AdaRoundConfig,
+    BlockExtension,
+    auto_objective,
+    find_blocks,
+    relu_followed,
+)
 
 # Fast schedule for tests: lr 2e-2 lets V saturate in a few hundred steps (the paper's 1e-3
 # needs ~2.4 / lr steps) and lambda 0.1 pulls h to 0/1 within them.
@@ -72,7 +78,7 @@ def test_relu_detection_sees_modules_functions_and_methods(cnn, mlp):
 @pytest.mark.parametrize("w_bits", [2, 3])
 def test_layer_mode_binarises_and_beats_nearest(mlp, w_bits):
     near = quant(mlp, "nearest", w_bits=w_bits)
-    ada = quant(mlp, w_bits=w_bits, config=dict(FAST, keep_better=False))
+    ada = quant(mlp, w_bits=w_bits, config=dict(FAST, keep_better=False, objective="gram"))
     rep = ada.lowbit_report
     for name in ("fc1", "fc2", "fc3"):
         x = rep[name].extra
@@ -119,6 +125,23 @@ def test_objectives_can_be_forced_and_keep_better_guards(mlp):
         if r.extra["kept_nearest"]:
             assert r.method == "nearest (kept)"
             assert torch.equal(one.get_submodule(r.name).codes, near.get_submodule(r.name).codes)
+
+
+def test_auto_takes_the_cheaper_step(mlp):
+    # A Linear layer's rows step costs about 2 * batch * o * d, its gram step o * d^2: small
+    # minibatches make rows the cheaper one on the 64-wide input layer, large ones gram.
+    picked = {}
+    for batch in (4, 256):
+        q = quant(mlp, w_bits=3, config=dict(FAST, iters=5, batch=batch))
+        for r in q.lowbit_report.layers:
+            o, d = mlp.get_submodule(r.name).weight.shape
+            assert r.extra["objective"] == auto_objective(o, d, 1, batch), (batch, r.name)
+        picked[batch] = {r.extra["objective"] for r in q.lowbit_report.layers}
+    assert "rows" in picked[4] and picked[256] == {"gram"}
+    # ResNet-18 at 224 px: layer4's 3x3 conv (d 4608, 7x7) goes to rows, layer3's (d 2304, 14x14)
+    # stays gram (benchmarks/adaround.py times both)
+    assert auto_objective(512, 4608, 1, 32 * 49) == "rows"
+    assert auto_objective(256, 2304, 1, 32 * 196) == "gram"
 
 
 def codes_of(model):

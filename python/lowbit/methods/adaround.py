@@ -20,8 +20,9 @@ FP network. The whole optimisation loop runs in C++ (``_native.rounding_run_gram
 ``rounding_run_rows``): the ``gram`` objective sees every calibration row at every step through
 H = X~^T X~ and C = X~^T X (memory O(d^2), exact when f_a is the identity); the ``rows``
 objective takes minibatches of im2col rows and may include the ReLU. ``auto`` uses rows where the
-activation is in the loss and otherwise gram unless the engine's cost estimate puts one gram step
-above GRAM_PREFERENCE minibatch steps (a gram step sees every row, a rows step one minibatch).
+activation is in the loss and otherwise the objective whose step the engine's cost estimate puts
+lower (``auto_objective``): gram on most layers (its cost o d^2 does not grow with the samples),
+rows where d outgrows twice a minibatch's rows (ResNet-18's 7x7 layer4, classifiers).
 
 Block mode reconstructs residual blocks (and other sub-modules holding several quantized layers)
 jointly: forward and backward of the block run through torch autograd, the rounding math, the
@@ -59,7 +60,6 @@ LAYER_ITERS = 10000  # default iterations per layer (the AdaRound paper's)
 BLOCK_ITERS = 2000  # default iterations per block (CPU budget; BRECQ/QDrop use 20000 on a GPU)
 CACHE_LIMIT_BYTES = 2 << 30  # rows objective / block mode: cap on the cached calibration tensors
 FRONTIER_LIMIT_BYTES = 2 << 30  # per network: cap on the cached restart inputs (_Frontier)
-GRAM_PREFERENCE = 4.0  # objective="auto": gram unless it costs more than this many rows steps
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -376,10 +376,14 @@ def _pick_objective(config: AdaRoundConfig, relu: bool, grid: _Grid, rows_per_sa
     if relu:
         return "rows"
     o, d = grid.W.shape
-    gram_cost, rows_cost = _native.rounding_cost(o, d, grid.groups, config.batch * rows_per_sample)
-    # A gram step sees every calibration row, a rows step one minibatch: gram is preferred
-    # unless it costs more than GRAM_PREFERENCE rows steps.
-    return "gram" if gram_cost <= GRAM_PREFERENCE * rows_cost else "rows"
+    return auto_objective(o, d, grid.groups, config.batch * rows_per_sample)
+
+
+def auto_objective(out_channels: int, in_features: int, groups: int, rows_per_batch: int) -> str:
+    """``objective="auto"``'s pick for a layer without its activation in the loss: the objective
+    whose step costs less by the engine's estimate (gram on ties: its step sees every row)."""
+    gram_cost, rows_cost = _native.rounding_cost(out_channels, in_features, groups, rows_per_batch)
+    return "gram" if gram_cost <= rows_cost else "rows"
 
 
 def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: bool, grid: _Grid,
