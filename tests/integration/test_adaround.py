@@ -144,6 +144,29 @@ def test_auto_takes_the_cheaper_step(mlp):
     assert auto_objective(256, 2304, 1, 32 * 196) == "gram"
 
 
+class TokenMLP(nn.Module):
+    """Per-token layers on (batch, tokens, features), as a transformer's feed-forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_rows_objective_takes_sequences_of_different_lengths():
+    # calibration batches padded to different lengths, as a tokenizer pads each batch
+    torch.manual_seed(0)
+    model = TokenMLP()
+    batches = [torch.randn(4, n, 16) for n in (5, 9, 7)]
+    q = lowbit.quantize(model, batches, "adaround", w_bits=3, keep_first_last=None, progress=False,
+                        config=dict(FAST, iters=100, objective="rows", batch=2, keep_better=False))
+    for r in q.lowbit_report.layers:
+        assert r.extra["objective"] == "rows", r.name
+        assert r.extra["recon_adaround"] < r.extra["recon_nearest"], (r.name, r.extra)
+
+
 def codes_of(model):
     return {n: m.codes.clone() for n, m in model.named_modules() if hasattr(m, "codes")}
 

@@ -356,6 +356,7 @@ class _LayerData:
     c0: float = 0.0
     X: torch.Tensor | None = None  # rows: quantized-network inputs (after the input quantizer)
     Y: torch.Tensor | None = None  # rows: FP targets (after f)
+    batch: int = 0  # rows: entries of X per minibatch (samples; tokens for a Linear layer)
 
     def gram(self) -> tuple[np.ndarray, np.ndarray]:
         """(H, C) of the gram objective."""
@@ -427,14 +428,19 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
                 calib.accumulate_gram(q, xq_c, C if conv else C[0], x2=x_c)
                 yb = y if bias is None else y - _bias_shape(bias, y)
                 data.c0 += float(yb.double().pow(2).sum())
+            elif _conv_geometry(q) is None:  # a Linear layer: each token is an entry (lengths vary by batch)
+                xs.append(xq.reshape(-1, 1, d))
+                ys.append(target.reshape(-1, 1, o))
             else:
-                xs.append(xq.reshape(xq.shape[0], -1, d) if _conv_geometry(q) is None else xq)
-                ys.append(target.reshape(target.shape[0], -1, o) if _conv_geometry(q) is None else target)
+                xs.append(xq)
+                ys.append(target)
     if data is None:
         raise ValueError(f"layer '{name}': no calibration batches")
     if data.objective == "rows":
         data.X = torch.cat(xs).contiguous()
         data.Y = torch.cat(ys).contiguous()
+        # a minibatch holds config.batch samples' worth of entries (their mean token count)
+        data.batch = max(1, round(config.batch * data.X.shape[0] / sum(bt.size for bt in batches)))
     return data
 
 
@@ -508,7 +514,7 @@ def reconstruct_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu
                 X, Y = data.rows()
                 rec, reg, soft = _native.rounding_run_rows(
                     grid.W, grid.scale, grid.zero, grid.bits, V, m, v, X, Y, sched, step, k,
-                    bias=bias, conv=geo, relu=data.relu, batch=config.batch, seed=_seed(ctx, config, unit),
+                    bias=bias, conv=geo, relu=data.relu, batch=data.batch, seed=_seed(ctx, config, unit),
                     groups=grid.groups)
             step += k
             bar.update(k)
