@@ -128,8 +128,8 @@ def test_objectives_can_be_forced_and_keep_better_guards(mlp):
 
 
 def test_auto_takes_the_cheaper_step(mlp):
-    # A Linear layer's rows step costs about 2 * batch * o * d, its gram step o * d^2: small
-    # minibatches make rows the cheaper one on the 64-wide input layer, large ones gram.
+    # A Linear layer's rows step costs about 2 * batch * o * d, its gram step o * d^2 (d 64 and
+    # 96 here): minibatches of 4 make rows the cheaper step, of 256 gram.
     picked = {}
     for batch in (4, 256):
         q = quant(mlp, w_bits=3, config=dict(FAST, iters=5, batch=batch))
