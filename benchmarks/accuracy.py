@@ -446,7 +446,8 @@ METHODS = {
     "nearest": ("round to nearest on Lp-searched (p = 2.4) grids; the baseline; optional bias correction", "nearest"),
     "adaround": ("learned up/down weight rounding, layer-wise or block-wise (BRECQ/QDrop)", "adaround"),
     "clado": ("mixed precision from cross-layer error terms, exact C++ IQP solver", "clado"),
-    "aquant": ("learned activation rounding borders, jointly with AdaRound in the block loop (experimental: its lead over QDrop is at short schedules, see its page)", "aquant"),
+    "aquant": ("learned activation rounding borders, jointly with AdaRound in the block loop "
+               "(experimental: its lead over QDrop is at short schedules, see its page)", "aquant"),
     "n2uq": ("learned input thresholds with uniform integer outputs; `lowbit.finetune` for short QAT", "n2uq"),
     "multipoint": ("extra low-bit rows on the channels with the largest output error", "multipoint"),
 }
