@@ -397,6 +397,7 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
     bias = None if q.bias is None else q.bias.detach()
     data: _LayerData | None = None
     xs, ys = [], []
+    n_samples = sum(bt.size for bt in batches)
     with torch.no_grad():
         for b in batches:
             x, y, xq = _module_io(ctx, fp, q, b, q.quantize_input, fronts)
@@ -405,7 +406,7 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
             rows_per_sample = y[0].numel() // o
             if data is None:
                 objective = _pick_objective(config, relu, grid, rows_per_sample)
-                need = sum(bt.size for bt in batches) * (xq[0].numel() + y[0].numel()) * 4
+                need = n_samples * (xq[0].numel() + y[0].numel()) * 4
                 if objective == "rows" and need > CACHE_LIMIT_BYTES:
                     if config.objective == "rows":
                         raise ValueError(
@@ -440,7 +441,7 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
         data.X = torch.cat(xs).contiguous()
         data.Y = torch.cat(ys).contiguous()
         # a minibatch holds config.batch samples' worth of entries (their mean token count)
-        data.batch = max(1, round(config.batch * data.X.shape[0] / sum(bt.size for bt in batches)))
+        data.batch = max(1, round(config.batch * data.X.shape[0] / n_samples))
     return data
 
 
