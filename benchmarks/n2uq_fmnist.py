@@ -1,7 +1,7 @@
 """N2UQ acceptance run (issue 7): fmnist-resnet at WbAb over calibration seeds, mean +- std of the
 Fashion-MNIST test accuracy.
 
-Post-training (same block loop, iterations and calibration samples for both):
+Post-training (same block loop, iterations, V learning rate and calibration samples for both):
   - ``qdrop``: AdaRound block reconstruction + QDrop on lowbit's uniform grids (LSQ act steps),
   - ``n2uq``: N2UQ-PTQ (LTQ input thresholds, L1-normalised mid-rise weight grid).
 Short QAT (``lowbit.finetune``, the same epochs, steps, lr and training images for all three,
