@@ -613,11 +613,28 @@ def render_page(records: dict[str, dict], plots: list[str]) -> str:
         *(f"The {mode} sections shown took {total:.0f} s of wall time together." for mode, total in
           ((m, sum(r["wall_seconds"] for r in records.values() if r["mode"] == m)) for m in MODES) if total),
         "",
+        *weights_note(records),
     ]
     out += [f"![{p}](results/{p})" for p in plots] + ([""] if plots else [])
     for name in SECTIONS:
         out += render_section(name, records.get(name))
     return "\n".join(out).rstrip() + "\n"
+
+
+def weights_note(records: dict[str, dict]) -> list[str]:
+    """A paragraph naming which sections ran on which fmnist-resnet weights, when they differ."""
+    by_hash: dict[str, list[str]] = {}
+    for name, r in records.items():
+        for digest in (r.get("weights") or {"": "not recorded"}).values():
+            by_hash.setdefault(digest, []).append(name)
+    if len(by_hash) < 2:
+        return []
+    groups = "; ".join(f"{digest} ({', '.join(names)})" for digest, names in by_hash.items())
+    return [textwrap.fill(
+        "fmnist-resnet is trained on first use from a fixed seed, but its training is not bit-identical across "
+        "CPUs (torch's float kernels differ), so sections run on different machines used different weights, "
+        f"with their own FP accuracy; compare methods within a section. Weights sha256 (sections): {groups}.",
+        100), ""]
 
 
 def anchor(title: str, record: dict | None) -> str:

@@ -78,7 +78,8 @@ def run_seed_bits(task, bits: int, seed: int, args, done: set, emit) -> None:
         if ft not in args.methods or (ft, bits, seed) in done:
             continue
         t0 = time.perf_counter()
-        model = lowbit.finetune(ptq[src], data, epochs=args.epochs, lr=args.ft_lr, seed=seed, progress=False, **kw)
+        model = lowbit.finetune(ptq[src], data, epochs=args.epochs, lr=args.ft_lr, quantizer_lr=args.ft_quantizer_lr,
+                                seed=seed, progress=False, **kw)
         seconds = time.perf_counter() - t0
         meta = lowbit.report(model).meta["finetune"][-1]
         emit(row_of(ft, bits, seed, task.evaluate(model), seconds, epochs=args.epochs,
@@ -115,6 +116,8 @@ def main() -> None:
     ap.add_argument("--train-images", type=int, default=8192, help="training images per finetune epoch")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--ft-quantizer-lr", type=float, default=None,
+                    help="finetune's quantizer_lr (thresholds, steps, clips); default: finetune's, ft-lr / 10")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="JSON lines file the runs are appended to ('' for none)", default="n2uq_fmnist.jsonl")
     ap.add_argument("--resume", action="store_true")

@@ -173,3 +173,14 @@ def test_models_section_rows(quick):
         else:  # minilm in full mode: 3 seeds, AdaRound on seed 0 alone, said in its label
             assert t["rows"][3][2] == {"mean": 71.0, "std": 1.0, "n": 3}
             assert all(r[0].endswith("(seed 0)") and r[2]["n"] == 1 for r in ada)
+
+
+def test_page_names_the_weights_when_sections_used_different_ones():
+    a = record("nearest", "full", 90.0, weights={"fmnist_resnet-x.safetensors": "aaaa11112222"})
+    b = record("adaround", "full", 91.0, weights={"fmnist_resnet-x.safetensors": "bbbb33334444"})
+    c = record("n2uq", "full", 89.0)  # an old record without the weights field
+    page = acc.render_page({"nearest": a, "adaround": b, "n2uq": c}, [])
+    note = " ".join(page.split())
+    assert "aaaa11112222 (nearest); bbbb33334444 (adaround); not recorded (n2uq)" in note
+    same = acc.render_page({"nearest": a, "adaround": dict(b, weights=a["weights"])}, [])
+    assert "not bit-identical" not in same
