@@ -12,8 +12,10 @@ What is stored
   packed arrays as they are (pack.h).
 * Metadata (key ``"lowbit"``, JSON): format version, packed-format version, lowbit and torch
   versions, and per quantized layer its type, constructor arguments, w_bits, granularity,
-  group size, method, activation quantizer; the modules that are ``nn.Identity`` in the saved
-  model (BatchNorm folded into the preceding conv); the QuantReport if the model has one.
+  group size, method, activation quantizer (uniform, AQuant's borders or N2UQ's LTQ: kind,
+  shape, floors and flags; its tensors are in the state dict); the modules that are
+  ``nn.Identity`` in the saved model (BatchNorm folded into the preceding conv); the
+  QuantReport if the model has one.
 * A SHA-256 over the metadata and every tensor's name, dtype, shape and bytes (key
   ``"lowbit_sha256"``): a truncated, corrupted or edited file raises :class:`LowbitFileError`.
 
@@ -51,11 +53,15 @@ from lowbit.quantizers import (
     QuantLinear,
     UniformActQuantizer,
 )
+from lowbit.threshold import BorderActQuantizer, LTQActQuantizer
 
 __all__ = ["save", "load", "read_metadata", "LowbitFileError", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _META_KEY, _SUM_KEY = "lowbit", "lowbit_sha256"
+_ACT_TYPES: dict[str, type[nn.Module]] = {
+    "UniformActQuantizer": UniformActQuantizer, "LTQActQuantizer": LTQActQuantizer,
+    "BorderActQuantizer": BorderActQuantizer}
 _LAYER_TYPES: dict[str, type[nn.Module]] = {
     "QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "QuantEmbedding": QuantEmbedding,
     "PackedLinear": PackedLinear, "PackedConv2d": PackedConv2d, "PackedEmbedding": PackedEmbedding}
@@ -104,10 +110,18 @@ def bitstream_to_codes(stream: np.ndarray, bits: int, n: int) -> np.ndarray:
 def _act_meta(aq: nn.Module | None, name: str) -> dict | None:
     if aq is None:
         return None
-    if type(aq) is not UniformActQuantizer:
-        raise ValueError(f"layer '{name}': cannot save activation quantizer {type(aq).__name__} "
-                         "(only UniformActQuantizer is supported by this file format)")
-    return {"type": "UniformActQuantizer", "bits": aq.bits, "signed": aq.signed, "drop_prob": aq.drop_prob}
+    kind = type(aq).__name__
+    if type(aq) not in _ACT_TYPES.values():
+        raise ValueError(f"layer '{name}': cannot save activation quantizer {kind} "
+                         f"(this file format stores {', '.join(_ACT_TYPES)})")
+    d: dict[str, Any] = {"type": kind, "bits": aq.bits, "signed": aq.signed, "drop_prob": aq.drop_prob}
+    # Threshold quantizers: their tensors are in the state dict; the shapes and floors are not.
+    if isinstance(aq, LTQActQuantizer):
+        d.update(channels=aq.channels, channel_axis=aq.channel_axis, a_min=aq.a_min)
+    elif isinstance(aq, BorderActQuantizer):
+        d.update(channels=aq.channels, channel_axis=aq.channel_axis, parameterization=aq.parameterization,
+                 eps=aq.eps, tau=aq.tau, hard=aq.hard, learned_for=getattr(aq, "learned_for", None))
+    return d
 
 
 def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str]) -> dict[str, Any]:
@@ -248,20 +262,61 @@ def _tensor(tensors: dict[str, np.ndarray], key: str, dtype: npt.DTypeLike, shap
     return torch.from_numpy(np.array(a, copy=True))
 
 
-def _build_act(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module | None:
+def _number(d: dict, key: str, name: str, lo: float, hi: float) -> float:
+    v = d.get(key)
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi):
+        raise LowbitFileError(f"layer '{name}': bad activation {key} {v!r}")
+    return float(v)
+
+
+def _build_act(name: str, d: Any, tensors: dict[str, np.ndarray], inputs: int) -> nn.Module | None:
+    """The layer's activation quantizer from its metadata and tensors (popped from ``tensors``);
+    ``inputs``: the layer's input channels, which a per-channel threshold quantizer must match."""
     if d is None:
         return None
-    _need(isinstance(d, dict) and d.get("type") == "UniformActQuantizer", f"layer '{name}': unknown activation quantizer")
+    _need(isinstance(d, dict) and isinstance(d.get("type"), str) and d["type"] in _ACT_TYPES,
+          f"layer '{name}': unknown activation quantizer")
     bits = d.get("bits")
     _need(isinstance(bits, int) and 2 <= bits <= 8, f"layer '{name}': bad activation bits {bits!r}")
-    signed, drop = d.get("signed", False), d.get("drop_prob", 1.0)
+    signed = d.get("signed", False)
     _need(isinstance(signed, bool), f"layer '{name}': bad activation 'signed' {signed!r}")
-    _need(isinstance(drop, (int, float)) and not isinstance(drop, bool) and 0.0 <= drop <= 1.0,
-          f"layer '{name}': bad activation drop_prob {drop!r}")
-    aq = UniformActQuantizer(bits, signed=signed)
-    aq.drop_prob = float(drop)
-    aq.scale = _tensor(tensors, f"{name}.act_quant.scale", np.float32, (1,))
-    aq.zero = _tensor(tensors, f"{name}.act_quant.zero", np.float32, (1,))
+    drop = _number(dict(d, drop_prob=d.get("drop_prob", 1.0)), "drop_prob", name, 0.0, 1.0)
+    key = f"{name}.act_quant."
+    aq: UniformActQuantizer | LTQActQuantizer | BorderActQuantizer
+    if d["type"] == "UniformActQuantizer":
+        aq = UniformActQuantizer(bits, signed=signed)
+        aq.scale = _tensor(tensors, key + "scale", np.float32, (1,))
+        aq.zero = _tensor(tensors, key + "zero", np.float32, (1,))
+    else:
+        channels, axis = d.get("channels"), d.get("channel_axis")
+        _need(channels in (1, inputs) and not isinstance(channels, bool) and axis in (1, -1)
+              and not isinstance(axis, bool), f"layer '{name}': bad activation channels {channels!r} / axis {axis!r}")
+        zero = _tensor(tensors, key + "zero", np.float32, (1,))
+        _need(float(zero) == round(float(zero)), f"layer '{name}': activation zero point must be an integer")
+        if d["type"] == "LTQActQuantizer":
+            ltq = LTQActQuantizer(bits, 1.0, float(zero), signed, channels=channels, channel_axis=axis,
+                                  a_min=_number(d, "a_min", name, 1e-30, 1e30))
+            shapes = {"start": (channels,), "a": (channels, ltq.qmax), "in_scale": (channels,), "scale": (1,),
+                      "unit": (1,)}
+            aq = ltq
+        else:
+            param = d.get("parameterization")
+            _need(param in ("table", "affine"), f"layer '{name}': bad activation parameterization {param!r}")
+            border = BorderActQuantizer(bits, 1.0, float(zero), signed, channels=channels, channel_axis=axis,
+                                        parameterization=param, eps=_number(d, "eps", name, 1e-30, 0.499999))
+            border.tau = _number(d, "tau", name, 1e-30, 1e30)
+            border.hard = d.get("hard")
+            _need(isinstance(border.hard, bool), f"layer '{name}': bad activation hard {border.hard!r}")
+            learned_for = d.get("learned_for")
+            _need(learned_for is None or isinstance(learned_for, str), f"layer '{name}': bad activation learned_for")
+            if learned_for is not None:
+                border.learned_for = learned_for
+            shapes = {"border_param": (channels, 2 if param == "affine" else border.qmax), "scale": (1,)}
+            aq = border
+        with torch.no_grad():
+            for attr, shape in shapes.items():
+                getattr(aq, attr).copy_(_tensor(tensors, key + attr, np.float32, shape))
+    aq.drop_prob = drop
     return aq
 
 
@@ -277,13 +332,14 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
         if kind.endswith("Linear"):
             in_f, out_f = _int(args["in_features"]), _int(args["out_features"])
             geo: tuple = (in_f, out_f)
-            N, K = out_f, in_f
+            N, K, inputs = out_f, in_f, in_f
         elif kind.endswith("Embedding"):
             N, K = _int(args["num_embeddings"]), _int(args["embedding_dim"])
             pad = args.get("padding_idx")
             _need(pad is None or (not isinstance(pad, bool) and isinstance(pad, int) and -N <= pad < N),
                   f"layer '{name}': bad padding_idx {pad!r}")
             geo = (N, K, pad)
+            inputs = 0  # token ids
         else:
             cin, cout, groups = _int(args["in_channels"]), _int(args["out_channels"]), _int(args["groups"])
             ks, stride, dil = _ints(args["kernel_size"]), _ints(args["stride"]), _ints(args["dilation"])
@@ -292,12 +348,12 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             _need(groups > 0 and cin % groups == 0 and cout % groups == 0 and min(*ks, *stride, *dil) > 0,
                   f"layer '{name}': bad conv geometry")
             geo = (cin, cout, ks, stride, pad, dil, groups)
-            N, K = cout, cin // groups * ks[0] * ks[1]
+            N, K, inputs = cout, cin // groups * ks[0] * ks[1], cin
     except (KeyError, TypeError, ValueError) as e:
         raise LowbitFileError(f"layer '{name}': bad constructor arguments ({e})") from None
     _need(N > 0 and K > 0, f"layer '{name}': empty weight")
     bias = _tensor(tensors, f"{name}.bias", np.float32, (N,)) if d.get("has_bias") else None
-    act = _build_act(name, d.get("act_quant"), tensors)
+    act = _build_act(name, d.get("act_quant"), tensors, inputs)
     try:
         if kind.startswith("Quant"):
             rg = d.get("scale_shape")

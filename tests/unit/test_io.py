@@ -111,6 +111,27 @@ def test_round_trip_is_bit_exact(tmp_path, form, kind, w_bits, a_bits, gs):
     assert (kind == "cnn") == ("bn" in meta["identity"])  # folded BN recorded
 
 
+@pytest.mark.parametrize("form", ["fake_quant", "packed"])
+@pytest.mark.parametrize("method,a_bits,options", [("n2uq", 3, {}), ("n2uq", 2, {"per_channel": True}),
+                                                   ("aquant", 2, {}), ("aquant", 4, {"per_channel": False})])
+def test_round_trip_of_threshold_quantizers(tmp_path, form, method, a_bits, options):
+    """N2UQ's LTQ and AQuant's borders (table at 2 bits, affine at 4) are stored and come back
+    exactly, fake-quant or packed (the threshold_int8 path)."""
+    q = quantized("mlp", 3, a_bits, method=method, config=dict(iters=20, num_samples=24, **options))
+    kinds = {type(m.act_quant).__name__ for m in q.modules() if isinstance(m, QuantLayer) and m.act_quant is not None}
+    assert kinds == {"LTQActQuantizer" if method == "n2uq" else "BorderActQuantizer"}
+    if form == "packed":
+        q = lowbit.pack(q)
+        assert {m.path for m in q.modules() if isinstance(m, PackedLayer) and m.act_quant is not None} == {"threshold_int8"}
+    lowbit.save(q, tmp_path / "m")
+    back = lowbit.load(tmp_path / "m", model=skeleton("mlp", seed=5))
+    assert_same_model(q, back, sample("mlp", 4, 7))
+    for (n, a), b in zip(q.named_modules(), back.modules()):
+        if isinstance(a, (QuantLayer, PackedLayer)) and a.act_quant is not None:
+            assert torch.equal(a.act_quant.thresholds(), b.act_quant.thresholds()), n
+            assert getattr(a.act_quant, "learned_for", None) == getattr(b.act_quant, "learned_for", None), n
+
+
 def test_load_leaves_the_skeleton_alone(tmp_path):
     q = quantized("mlp")
     lowbit.save(q, tmp_path / "m")
@@ -313,6 +334,38 @@ def test_fuzz_truncated_corrupted_tampered(tmp_path, form):
     h2[name]["shape"] = [b - a]
     attempt(resign(h2, meta, body))
     assert counts["refused"] > 100
+
+
+@pytest.mark.parametrize("method", ["n2uq", "aquant"])
+def test_tampered_threshold_quantizers_are_refused(tmp_path, method):
+    """Every field of a threshold quantizer's metadata is validated under a valid checksum:
+    junk is refused with LowbitFileError (or, where the field is only a note, loads an identical
+    model), never anything else."""
+    q = quantized("mlp", 3, 2, method=method, config=dict(iters=10, num_samples=24))
+    lowbit.save(q, tmp_path / "good")
+    header, body = split((tmp_path / "good").read_bytes())
+    meta = json.loads(header["__metadata__"]["lowbit"])
+    x = sample("mlp", 3, 5)
+    junk = [None, -1, -2.5, "x", [], {}]  # invalid for every field (a valid value is a valid file)
+    fields = sorted({f for d in meta["layers"].values() if d["act_quant"] for f in d["act_quant"]})
+    assert {"channels", "channel_axis"} <= set(fields)
+    counts = {"refused": 0, "identical": 0}
+    bad = tmp_path / "bad"
+    for field in fields:
+        for value in junk:
+            m = json.loads(json.dumps(meta))
+            for d in m["layers"].values():
+                if d["act_quant"]:
+                    d["act_quant"][field] = value
+            bad.write_bytes(resign(header, m, body))
+            counts[outcome(bad, "mlp", q, x)] += 1
+    assert counts["refused"] > len(fields) * len(junk) // 2
+    # a per-channel quantizer whose channel count does not match its layer's inputs
+    m = json.loads(json.dumps(meta))
+    m["layers"]["fc2"]["act_quant"]["channels"] = 47
+    bad.write_bytes(resign(header, m, body))
+    with pytest.raises(LowbitFileError, match="layer 'fc2': bad activation channels 47"):
+        lowbit.load(bad, model=skeleton("mlp"))
 
 
 def test_error_names_the_problem(tmp_path):
