@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from lowbit import _native
 from lowbit.graph import set_module
+from lowbit.methods.multipoint import MultipointConv2d, MultipointLinear, MultipointMixin
 from lowbit.pack import PackedConv2d, PackedEmbedding, PackedLayer, PackedLinear
 from lowbit.quantizers import (
     QuantConv2d,
@@ -64,7 +65,10 @@ _ACT_TYPES: dict[str, type[nn.Module]] = {
     "BorderActQuantizer": BorderActQuantizer}
 _LAYER_TYPES: dict[str, type[nn.Module]] = {
     "QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "QuantEmbedding": QuantEmbedding,
-    "PackedLinear": PackedLinear, "PackedConv2d": PackedConv2d, "PackedEmbedding": PackedEmbedding}
+    "PackedLinear": PackedLinear, "PackedConv2d": PackedConv2d, "PackedEmbedding": PackedEmbedding,
+    "MultipointLinear": MultipointLinear, "MultipointConv2d": MultipointConv2d}
+# Code tensors of fake-quant layers stored as a dense bitstream: leaf name -> the metadata key of their bits.
+_STREAMS = {"codes": "w_bits", "point_codes": "point_bits", "wide_codes": "wide_bits"}
 
 
 class LowbitFileError(ValueError):
@@ -125,7 +129,7 @@ def _act_meta(aq: nn.Module | None, name: str) -> dict | None:
 
 
 def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str]) -> dict[str, Any]:
-    if type(mod).__name__ not in _LAYER_TYPES:  # e.g. multipoint layers: extra rows it would drop
+    if type(mod).__name__ not in _LAYER_TYPES:  # e.g. packed multipoint layers: extra rows it would drop
         raise ValueError(f"layer '{name}': lowbit.save cannot store a {type(mod).__name__} yet "
                          f"(it stores {', '.join(_LAYER_TYPES)})")
     d: dict[str, Any] = {"type": type(mod).__name__, "w_bits": mod.w_bits, "granularity": mod.granularity,
@@ -138,6 +142,9 @@ def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str
         d["group_size"] = mod.group_size or None
         d["container_bits"] = mod.bits
         d["dynamic_act"] = mod.dynamic_act
+    if isinstance(mod, MultipointMixin):  # point rows and wider rows: shapes and bit widths
+        d.update(points=mod.num_points, point_bits=mod.point_bits, wide=int(mod.wide_channel.numel()),
+                 wide_bits=mod.wide_bits, wide_scale_shape=list(mod.wide_scale.shape))
     if isinstance(mod, (QuantLinear, PackedLinear)):
         d["args"] = {"in_features": mod.in_features, "out_features": mod.out_features}
     elif isinstance(mod, (QuantEmbedding, PackedEmbedding)):
@@ -186,9 +193,10 @@ def save(model: nn.Module, path: str | Path) -> None:
     for key, t in model.state_dict().items():
         t = t.detach().cpu()
         owner, _, leaf = key.rpartition(".")
-        if leaf == "codes" and owner in layers and layers[owner]["type"].startswith("Quant"):
-            arr = codes_to_bitstream(t.numpy(), layers[owner]["w_bits"])
-            layers[owner]["codes_shape"] = list(t.shape)
+        if leaf in _STREAMS and owner in layers and not layers[owner]["type"].startswith("Packed"):
+            arr = codes_to_bitstream(t.numpy(), layers[owner][_STREAMS[leaf]])
+            if leaf == "codes":
+                layers[owner]["codes_shape"] = list(t.shape)
         else:
             if t.dtype == torch.bfloat16:
                 raise ValueError(f"tensor '{key}': bfloat16 is not supported by this file format")
@@ -355,7 +363,7 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
     bias = _tensor(tensors, f"{name}.bias", np.float32, (N,)) if d.get("has_bias") else None
     act = _build_act(name, d.get("act_quant"), tensors, inputs)
     try:
-        if kind.startswith("Quant"):
+        if not kind.startswith("Packed"):
             rg = d.get("scale_shape")
             _need(isinstance(rg, list) and len(rg) == 2, f"layer '{name}': bad scale shape")
             R, G = _int(rg[0]), _int(rg[1])
@@ -369,6 +377,8 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             scale = _tensor(tensors, f"{name}.scale", np.float32, (R, G))
             zero = _tensor(tensors, f"{name}.zero", np.float32, (R, G))
             mod = _LAYER_TYPES[kind](*geo, codes=codes, scale=scale, zero=zero, bias=bias, w_bits=w_bits, act_quant=act)
+            if isinstance(mod, MultipointMixin):
+                _load_points(name, mod, d, tensors, N, K)
         else:
             gs = d.get("group_size") or 0
             _need(isinstance(gs, int) and gs >= 0, f"layer '{name}': bad group_size")
@@ -384,6 +394,39 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
     except (ValueError, TypeError) as e:
         raise LowbitFileError(f"layer '{name}': {e}") from None
     return mod
+
+
+def _stream(tensors: dict[str, np.ndarray], key: str, bits: int, rows: int, K: int) -> torch.Tensor:
+    stream = tensors.pop(key, None)
+    _need(stream is not None and stream.dtype == np.uint8, f"missing tensor '{key}'")
+    return torch.from_numpy(bitstream_to_codes(cast(np.ndarray, stream), bits, rows * K).reshape(rows, K))
+
+
+def _load_points(name: str, mod: MultipointMixin, d: dict, tensors: dict[str, np.ndarray], N: int, K: int) -> None:
+    """A multipoint layer's point rows and wider rows, checked against its N output channels."""
+    bits = {}
+    for k in ("point_bits", "wide_bits"):
+        b = d.get(k)
+        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8:
+            raise LowbitFileError(f"layer '{name}': bad {k} {b!r}")
+        bits[k] = b
+    P, W = _int(d.get("points")), _int(d.get("wide"))
+    key = f"{name}."
+    channel = _tensor(tensors, key + "point_channel", np.int64, (P,))
+    wide_channel = _tensor(tensors, key + "wide_channel", np.int64, (W,))
+    for what, c in (("point", channel), ("wide", wide_channel)):
+        _need(bool(((c >= 0) & (c < N)).all()), f"layer '{name}': {what} channel out of range 0..{N - 1}")
+    mod.set_points(channel, _stream(tensors, key + "point_codes", bits["point_bits"], P, K),
+                   _tensor(tensors, key + "point_scale", np.float32, (P, 1)),
+                   _tensor(tensors, key + "point_zero", np.float32, (P, 1)), bits["point_bits"])
+    ws = d.get("wide_scale_shape")
+    if not (isinstance(ws, list) and len(ws) == 2):
+        raise LowbitFileError(f"layer '{name}': bad wide scale shape {ws!r}")
+    r, g = _int(ws[0]), _int(ws[1])
+    _need(r in (1, W) and g >= 1 and K % g == 0, f"layer '{name}': bad wide scale shape {ws}")
+    mod.set_wide(wide_channel, _stream(tensors, key + "wide_codes", bits["wide_bits"], W, K),
+                 _tensor(tensors, key + "wide_scale", np.float32, (r, g)),
+                 _tensor(tensors, key + "wide_zero", np.float32, (r, g)), bits["wide_bits"])
 
 
 _MAX_DIM = 1 << 31

@@ -368,6 +368,24 @@ def test_tampered_threshold_quantizers_are_refused(tmp_path, method):
         lowbit.load(bad, model=skeleton("mlp"))
 
 
+def test_multipoint_round_trip_and_tampered_points(tmp_path):
+    q = quantized("mlp", 2, None, method="multipoint", config=dict(overhead=0.25))
+    assert any(getattr(m, "num_points", 0) for m in q.modules())
+    lowbit.save(q, tmp_path / "good")
+    x = sample("mlp", 3, 5)
+    assert outcome(tmp_path / "good", "mlp", q, x) == "identical"
+    header, body = split((tmp_path / "good").read_bytes())
+    meta = json.loads(header["__metadata__"]["lowbit"])
+    bad = tmp_path / "bad"
+    for field in ("points", "point_bits", "wide", "wide_bits", "wide_scale_shape"):
+        for value in (None, -1, 1, 9, 2.5, "x", [], [1, 5], {}):
+            m = json.loads(json.dumps(meta))
+            for d in m["layers"].values():
+                d[field] = value
+            bad.write_bytes(resign(header, m, body))
+            assert outcome(bad, "mlp", q, x) == "refused", (field, value)
+
+
 def test_error_names_the_problem(tmp_path):
     q = quantized("mlp")
     lowbit.save(q, tmp_path / "m")

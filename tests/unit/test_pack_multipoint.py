@@ -115,12 +115,46 @@ def test_pack_refuses_what_one_matrix_cannot_hold():
         pack(layer)
 
 
-def test_save_refuses_multipoint_layers(tmp_path):
-    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    layer = grid_multipoint("linear", 2, 8)
-    m[0] = layer
-    with pytest.raises(ValueError, match="cannot store a MultipointLinear"):
-        lowbit.save(m, tmp_path / "m.lowbit")
-    m[0] = pack(layer)
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind,w_bits,a_bits,per_tensor", [("linear", 2, 8, False), ("conv", 3, None, True),
+                                                         ("conv", 4, 8, False)])
+def test_save_load_round_trips_fake_quant_multipoint(tmp_path, kind, w_bits, a_bits, per_tensor):
+    layer = grid_multipoint(kind, w_bits, a_bits, per_tensor=per_tensor)
+    assert layer.num_points > 0
+    if kind == "linear":
+        m, x = nn.Sequential(layer, nn.ReLU(), nn.Linear(40, 4)), torch.randn(5, 96)
+        skel = nn.Sequential(nn.Linear(96, 40), nn.ReLU(), nn.Linear(40, 4))
+    else:
+        m, x = nn.Sequential(layer, nn.ReLU()), torch.randn(2, 32, 6, 6)
+        skel = nn.Sequential(nn.Conv2d(32, 32, 3), nn.ReLU())
+    lowbit.save(m, tmp_path / "m.lowbit")
+    back = lowbit.load(tmp_path / "m.lowbit", model=skel)
+    assert type(back[0]) is type(layer) and back[0].point_bits == layer.point_bits
+    assert same_state(layer, back[0])
+    with torch.no_grad():
+        assert torch.equal(m(x), back(x))
+
+
+def test_save_load_round_trips_wider_rows(tmp_path):
+    layer = grid_multipoint("linear", 2, None, n_points=3)
+    layer.set_wide(torch.tensor([1, 4]), torch.randint(0, 8, (2, 96), dtype=torch.uint8), torch.full((2, 1), 2.0**-6),
+                   torch.full((2, 1), 4.0), 3)
+    lowbit.save(nn.Sequential(layer), tmp_path / "m.lowbit")
+    back = lowbit.load(tmp_path / "m.lowbit", model=nn.Sequential(nn.Linear(96, 40)))[0]
+    assert same_state(layer, back) and back.wide_bits == 3 and back.effective_bits == layer.effective_bits
+
+
+def test_save_refuses_packed_multipoint_and_bad_point_channels(tmp_path):
+    m = nn.Sequential(grid_multipoint("linear", 2, 8))
+    m[0] = pack(m[0])
     with pytest.raises(ValueError, match="cannot store a PackedMultipointLinear"):
         lowbit.save(m, tmp_path / "m.lowbit")
+    layer = grid_multipoint("linear", 2, 8)
+    layer.point_channel[0] = 40  # past the 40 output channels
+    lowbit.save(nn.Sequential(layer), tmp_path / "bad.lowbit")
+    with pytest.raises(lowbit.io.LowbitFileError, match="point channel out of range 0..39"):
+        lowbit.load(tmp_path / "bad.lowbit", model=nn.Sequential(nn.Linear(96, 40)))
