@@ -45,7 +45,12 @@ import torch.nn as nn
 
 from lowbit import _native
 from lowbit.graph import set_module
-from lowbit.methods.multipoint import MultipointConv2d, MultipointLinear, MultipointMixin
+from lowbit.methods.multipoint import (
+    MultipointConv2d,
+    MultipointLinear,
+    MultipointMixin,
+    packed_multipoint_classes,
+)
 from lowbit.pack import PackedConv2d, PackedEmbedding, PackedLayer, PackedLinear
 from lowbit.quantizers import (
     QuantConv2d,
@@ -66,7 +71,8 @@ _ACT_TYPES: dict[str, type[nn.Module]] = {
 _LAYER_TYPES: dict[str, type[nn.Module]] = {
     "QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "QuantEmbedding": QuantEmbedding,
     "PackedLinear": PackedLinear, "PackedConv2d": PackedConv2d, "PackedEmbedding": PackedEmbedding,
-    "MultipointLinear": MultipointLinear, "MultipointConv2d": MultipointConv2d}
+    "MultipointLinear": MultipointLinear, "MultipointConv2d": MultipointConv2d,
+    **{cls.__name__: cls for cls in packed_multipoint_classes()}}
 # Code tensors of fake-quant layers stored as a dense bitstream: leaf name -> the metadata key of their bits.
 _STREAMS = {"codes": "w_bits", "point_codes": "point_bits", "wide_codes": "wide_bits"}
 
@@ -129,7 +135,7 @@ def _act_meta(aq: nn.Module | None, name: str) -> dict | None:
 
 
 def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str]) -> dict[str, Any]:
-    if type(mod).__name__ not in _LAYER_TYPES:  # e.g. packed multipoint layers: extra rows it would drop
+    if type(mod).__name__ not in _LAYER_TYPES:  # e.g. a subclass with state this format does not know
         raise ValueError(f"layer '{name}': lowbit.save cannot store a {type(mod).__name__} yet "
                          f"(it stores {', '.join(_LAYER_TYPES)})")
     d: dict[str, Any] = {"type": type(mod).__name__, "w_bits": mod.w_bits, "granularity": mod.granularity,
@@ -145,6 +151,8 @@ def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str
     if isinstance(mod, MultipointMixin):  # point rows and wider rows: shapes and bit widths
         d.update(points=mod.num_points, point_bits=mod.point_bits, wide=int(mod.wide_channel.numel()),
                  wide_bits=mod.wide_bits, wide_scale_shape=list(mod.wide_scale.shape))
+    elif hasattr(mod, "point_channel"):  # packed multipoint: the point rows follow the N base rows
+        d["points"] = int(cast(Any, mod).num_points)
     if isinstance(mod, (QuantLinear, PackedLinear)):
         d["args"] = {"in_features": mod.in_features, "out_features": mod.out_features}
     elif isinstance(mod, (QuantEmbedding, PackedEmbedding)):
@@ -360,7 +368,10 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
     except (KeyError, TypeError, ValueError) as e:
         raise LowbitFileError(f"layer '{name}': bad constructor arguments ({e})") from None
     _need(N > 0 and K > 0, f"layer '{name}': empty weight")
-    bias = _tensor(tensors, f"{name}.bias", np.float32, (N,)) if d.get("has_bias") else None
+    # A packed multipoint layer's matrix, and so its bias, has its P point rows after the N base rows.
+    packed_points = kind.startswith("PackedMultipoint")
+    P = _int(d.get("points")) if packed_points else 0
+    bias = _tensor(tensors, f"{name}.bias", np.float32, (N + P,)) if d.get("has_bias") else None
     act = _build_act(name, d.get("act_quant"), tensors, inputs)
     try:
         if not kind.startswith("Packed"):
@@ -382,13 +393,19 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
         else:
             gs = d.get("group_size") or 0
             _need(isinstance(gs, int) and gs >= 0, f"layer '{name}': bad group_size")
-            lay = _native.packed_layout(_pack_bits(w_bits), N, K, gs)
+            lay = _native.packed_layout(_pack_bits(w_bits), N + P, K, gs)
             meta_shape = (lay["tiles"], lay["groups"], 16)
             codes = _tensor(tensors, f"{name}.codes", np.uint8, (lay["code_bytes"],))
             scales = _tensor(tensors, f"{name}.scales", np.float32, meta_shape)
             zeros = _tensor(tensors, f"{name}.zeros", np.uint8, meta_shape)
-            mod = _LAYER_TYPES[kind](*geo, w_bits=w_bits, group_size=gs, codes=codes, scales=scales, zeros=zeros,
-                                     bias=bias, act_quant=act, dynamic_act=bool(d.get("dynamic_act", False)))
+            mod = _LAYER_TYPES[kind](geo[0], N + P, *geo[2:], w_bits=w_bits, group_size=gs, codes=codes,
+                                     scales=scales, zeros=zeros, bias=bias, act_quant=act,
+                                     dynamic_act=bool(d.get("dynamic_act", False)))
+            if packed_points:
+                channel = _tensor(tensors, f"{name}.point_channel", np.int32, (P,))
+                _need(bool(((channel >= 0) & (channel < N)).all()),
+                      f"layer '{name}': point channel out of range 0..{N - 1}")
+                cast(Any, mod)._setup_points(channel, N)
     except LowbitFileError:
         raise
     except (ValueError, TypeError) as e:

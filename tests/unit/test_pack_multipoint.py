@@ -148,12 +148,31 @@ def test_save_load_round_trips_wider_rows(tmp_path):
     assert same_state(layer, back) and back.wide_bits == 3 and back.effective_bits == layer.effective_bits
 
 
-def test_save_refuses_packed_multipoint_and_bad_point_channels(tmp_path):
-    m = nn.Sequential(grid_multipoint("linear", 2, 8))
-    m[0] = pack(m[0])
-    with pytest.raises(ValueError, match="cannot store a PackedMultipointLinear"):
-        lowbit.save(m, tmp_path / "m.lowbit")
+@pytest.mark.parametrize("kind,groups,bias", [("linear", 1, True), ("conv", 1, False), ("conv", 2, True)])
+def test_save_load_round_trips_packed_multipoint(tmp_path, kind, groups, bias):
+    layer = grid_multipoint(kind, 4, 8, groups=groups)
+    if not bias:
+        layer.bias = None
+    packed = pack(layer)
+    assert packed.num_points > 0
+    if kind == "linear":
+        m, x, skel = nn.Sequential(packed), torch.randn(5, 96), nn.Sequential(nn.Linear(96, 40))
+    else:
+        m, x = nn.Sequential(packed), torch.randn(2, 32, 6, 6)
+        skel = nn.Sequential(nn.Conv2d(32, 32, 3, groups=groups))
+    lowbit.save(m, tmp_path / "m.lowbit")
+    back = lowbit.load(tmp_path / "m.lowbit", model=skel)
+    assert type(back[0]) is type(packed) and back[0].num_points == packed.num_points
+    assert same_state(packed, back[0])
+    with torch.no_grad():
+        assert torch.equal(m(x), back(x))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_load_refuses_bad_point_channels(tmp_path, packed):
     layer = grid_multipoint("linear", 2, 8)
+    if packed:
+        layer = pack(layer)
     layer.point_channel[0] = 40  # past the 40 output channels
     lowbit.save(nn.Sequential(layer), tmp_path / "bad.lowbit")
     with pytest.raises(lowbit.io.LowbitFileError, match="point channel out of range 0..39"):
