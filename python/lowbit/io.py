@@ -398,9 +398,10 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             codes = _tensor(tensors, f"{name}.codes", np.uint8, (lay["code_bytes"],))
             scales = _tensor(tensors, f"{name}.scales", np.float32, meta_shape)
             zeros = _tensor(tensors, f"{name}.zeros", np.uint8, meta_shape)
-            mod = _LAYER_TYPES[kind](geo[0], N + P, *geo[2:], w_bits=w_bits, group_size=gs, codes=codes,
-                                     scales=scales, zeros=zeros, bias=bias, act_quant=act,
-                                     dynamic_act=bool(d.get("dynamic_act", False)))
+            if packed_points:  # (in, out, ...) geometry: the packed matrix has N + P outputs
+                geo = (geo[0], N + P, *geo[2:])
+            mod = _LAYER_TYPES[kind](*geo, w_bits=w_bits, group_size=gs, codes=codes, scales=scales, zeros=zeros,
+                                     bias=bias, act_quant=act, dynamic_act=bool(d.get("dynamic_act", False)))
             if packed_points:
                 channel = _tensor(tensors, f"{name}.point_channel", np.int32, (P,))
                 _need(bool(((channel >= 0) & (channel < N)).all()),
