@@ -29,12 +29,16 @@ def test_fmnist_resnet_w2_layer_mode(load_task):
 
 
 def test_fmnist_resnet_w2a4_block_qdrop(load_task):
-    # W2A4, where nearest collapses (about 25 %); at W4A4 nearest is already within a point of FP
-    # and could not tell a working block reconstruction from a broken one.
+    # W2A4, where nearest collapses; at W4A4 nearest is already within a point of FP and could not
+    # tell a working block reconstruction from a broken one. How far nearest falls depends on the
+    # trained weights, which differ by CPU (fmnist-resnet's training is not bit-identical across
+    # them): about 25 % with one machine's, 59.1 % with another's (block reconstruction 85.3 %,
+    # FP 91.3 %). So the floor is a share of the gap to FP: the reconstruction closes half of it.
     task = load_task("fmnist-resnet")
+    fp = task.evaluate(task.model)["metric"]
     near = task.evaluate(run(task, "nearest", 2, 4, num_samples=256))["metric"]
     q = run(task, "adaround", 2, 4, num_samples=256, config={"mode": "block", "iters": 100})
     ada = task.evaluate(q)["metric"]
-    assert ada >= near + 30.0, (near, ada)
+    assert ada >= near + 0.5 * (fp - near), (fp, near, ada)
     modes = {r.name: r.extra.get("adaround_mode") for r in q.lowbit_report.layers if r.extra}
     assert modes["layer1.0.conv1"] == "block" and modes["layer3.1.conv2"] == "block", modes
