@@ -278,8 +278,8 @@ def _tensor(tensors: dict[str, np.ndarray], key: str, dtype: npt.DTypeLike, shap
     return torch.from_numpy(np.array(a, copy=True))
 
 
-def _number(d: dict, key: str, name: str, lo: float, hi: float) -> float:
-    v = d.get(key)
+def _number(d: dict, key: str, name: str, lo: float, hi: float, default: Any = None) -> float:
+    v = d.get(key, default)
     if not (isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi):
         raise LowbitFileError(f"layer '{name}': bad activation {key} {v!r}")
     return float(v)
@@ -296,7 +296,7 @@ def _build_act(name: str, d: Any, tensors: dict[str, np.ndarray], inputs: int) -
     _need(isinstance(bits, int) and 2 <= bits <= 8, f"layer '{name}': bad activation bits {bits!r}")
     signed = d.get("signed", False)
     _need(isinstance(signed, bool), f"layer '{name}': bad activation 'signed' {signed!r}")
-    drop = _number(dict(d, drop_prob=d.get("drop_prob", 1.0)), "drop_prob", name, 0.0, 1.0)
+    drop = _number(d, "drop_prob", name, 0.0, 1.0, default=1.0)
     key = f"{name}.act_quant."
     aq: UniformActQuantizer | LTQActQuantizer | BorderActQuantizer
     if d["type"] == "UniformActQuantizer":
@@ -307,10 +307,10 @@ def _build_act(name: str, d: Any, tensors: dict[str, np.ndarray], inputs: int) -
         channels, axis = d.get("channels"), d.get("channel_axis")
         _need(channels in (1, inputs) and not isinstance(channels, bool) and axis in (1, -1)
               and not isinstance(axis, bool), f"layer '{name}': bad activation channels {channels!r} / axis {axis!r}")
-        zero = _tensor(tensors, key + "zero", np.float32, (1,))
-        _need(float(zero) == round(float(zero)), f"layer '{name}': activation zero point must be an integer")
+        zero = float(_tensor(tensors, key + "zero", np.float32, (1,)))
+        _need(np.isfinite(zero) and zero == round(zero), f"layer '{name}': activation zero point must be an integer")
         if d["type"] == "LTQActQuantizer":
-            ltq = LTQActQuantizer(bits, 1.0, float(zero), signed, channels=channels, channel_axis=axis,
+            ltq = LTQActQuantizer(bits, 1.0, zero, signed, channels=channels, channel_axis=axis,
                                   a_min=_number(d, "a_min", name, 1e-30, 1e30))
             shapes = {"start": (channels,), "a": (channels, ltq.qmax), "in_scale": (channels,), "scale": (1,),
                       "unit": (1,)}
@@ -318,7 +318,7 @@ def _build_act(name: str, d: Any, tensors: dict[str, np.ndarray], inputs: int) -
         else:
             param = d.get("parameterization")
             _need(param in ("table", "affine"), f"layer '{name}': bad activation parameterization {param!r}")
-            border = BorderActQuantizer(bits, 1.0, float(zero), signed, channels=channels, channel_axis=axis,
+            border = BorderActQuantizer(bits, 1.0, zero, signed, channels=channels, channel_axis=axis,
                                         parameterization=param, eps=_number(d, "eps", name, 1e-30, 0.499999))
             border.tau = _number(d, "tau", name, 1e-30, 1e30)
             border.hard = d.get("hard")
@@ -381,10 +381,7 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             _need(R in (1, N) and G >= 1 and K % G == 0, f"layer '{name}': bad scale shape {rg}")
             cs = d.get("codes_shape")
             _need(cs == [N, K], f"layer '{name}': bad codes shape {cs!r}, expected {[N, K]}")
-            stream = tensors.pop(f"{name}.codes", None)
-            if stream is None or stream.dtype != np.uint8:
-                raise LowbitFileError(f"layer '{name}': missing codes")
-            codes = torch.from_numpy(bitstream_to_codes(stream, w_bits, N * K).reshape(cs))
+            codes = _stream(tensors, f"{name}.codes", w_bits, N, K)
             scale = _tensor(tensors, f"{name}.scale", np.float32, (R, G))
             zero = _tensor(tensors, f"{name}.zero", np.float32, (R, G))
             mod = _LAYER_TYPES[kind](*geo, codes=codes, scale=scale, zero=zero, bias=bias, w_bits=w_bits, act_quant=act)
@@ -415,6 +412,7 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
 
 
 def _stream(tensors: dict[str, np.ndarray], key: str, bits: int, rows: int, K: int) -> torch.Tensor:
+    """(rows, K) uint8 codes from the bitstream tensor ``key`` (popped)."""
     stream = tensors.pop(key, None)
     _need(stream is not None and stream.dtype == np.uint8, f"missing tensor '{key}'")
     return torch.from_numpy(bitstream_to_codes(cast(np.ndarray, stream), bits, rows * K).reshape(rows, K))

@@ -360,6 +360,13 @@ def test_tampered_threshold_quantizers_are_refused(tmp_path, method):
             bad.write_bytes(resign(header, m, body))
             counts[outcome(bad, "mlp", q, x)] += 1
     assert counts["refused"] > len(fields) * len(junk) // 2
+    # a zero point that is not an integer (NaN, inf, 0.5) under a valid checksum
+    a, b = header["fc2.act_quant.zero"]["data_offsets"]
+    for z in (np.nan, np.inf, 0.5):
+        data = body[:a] + np.array([z], np.float32).tobytes() + body[b:]
+        bad.write_bytes(resign(header, meta, data))
+        with pytest.raises(LowbitFileError, match="layer 'fc2': activation zero point must be an integer"):
+            lowbit.load(bad, model=skeleton("mlp"))
     # a per-channel quantizer whose channel count does not match its layer's inputs
     m = json.loads(json.dumps(meta))
     m["layers"]["fc2"]["act_quant"]["channels"] = 47
