@@ -120,21 +120,25 @@ def same_state(a: nn.Module, b: nn.Module) -> bool:
     return list(sa) == list(sb) and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("kind,w_bits,a_bits,per_tensor", [("linear", 2, 8, False), ("conv", 3, None, True),
-                                                         ("conv", 4, 8, False)])
-def test_save_load_round_trips_fake_quant_multipoint(tmp_path, kind, w_bits, a_bits, per_tensor):
-    layer = grid_multipoint(kind, w_bits, a_bits, per_tensor=per_tensor)
-    assert layer.num_points > 0
+@pytest.mark.parametrize("form", ["fake_quant", "packed"])
+@pytest.mark.parametrize("kind,w_bits,a_bits,per_tensor,groups,bias", [
+    ("linear", 2, 8, False, 1, True), ("conv", 3, None, True, 1, False), ("conv", 4, 8, False, 2, True)])
+def test_save_load_round_trips_multipoint(tmp_path, form, kind, w_bits, a_bits, per_tensor, groups, bias):
+    layer = grid_multipoint(kind, w_bits, a_bits, per_tensor=per_tensor, groups=groups)
+    if not bias:
+        layer.bias = None
+    q = pack(layer) if form == "packed" else layer
+    assert q.num_points > 0
     if kind == "linear":
-        m, x = nn.Sequential(layer, nn.ReLU(), nn.Linear(40, 4)), torch.randn(5, 96)
+        m, x = nn.Sequential(q, nn.ReLU(), nn.Linear(40, 4)), torch.randn(5, 96)
         skel = nn.Sequential(nn.Linear(96, 40), nn.ReLU(), nn.Linear(40, 4))
     else:
-        m, x = nn.Sequential(layer, nn.ReLU()), torch.randn(2, 32, 6, 6)
-        skel = nn.Sequential(nn.Conv2d(32, 32, 3), nn.ReLU())
+        m, x = nn.Sequential(q, nn.ReLU()), torch.randn(2, 32, 6, 6)
+        skel = nn.Sequential(nn.Conv2d(32, 32, 3, groups=groups), nn.ReLU())
     lowbit.save(m, tmp_path / "m.lowbit")
     back = lowbit.load(tmp_path / "m.lowbit", model=skel)
-    assert type(back[0]) is type(layer) and back[0].point_bits == layer.point_bits
-    assert same_state(layer, back[0])
+    assert type(back[0]) is type(q) and back[0].num_points == q.num_points
+    assert same_state(q, back[0])
     with torch.no_grad():
         assert torch.equal(m(x), back(x))
 
@@ -146,26 +150,6 @@ def test_save_load_round_trips_wider_rows(tmp_path):
     lowbit.save(nn.Sequential(layer), tmp_path / "m.lowbit")
     back = lowbit.load(tmp_path / "m.lowbit", model=nn.Sequential(nn.Linear(96, 40)))[0]
     assert same_state(layer, back) and back.wide_bits == 3 and back.effective_bits == layer.effective_bits
-
-
-@pytest.mark.parametrize("kind,groups,bias", [("linear", 1, True), ("conv", 1, False), ("conv", 2, True)])
-def test_save_load_round_trips_packed_multipoint(tmp_path, kind, groups, bias):
-    layer = grid_multipoint(kind, 4, 8, groups=groups)
-    if not bias:
-        layer.bias = None
-    packed = pack(layer)
-    assert packed.num_points > 0
-    if kind == "linear":
-        m, x, skel = nn.Sequential(packed), torch.randn(5, 96), nn.Sequential(nn.Linear(96, 40))
-    else:
-        m, x = nn.Sequential(packed), torch.randn(2, 32, 6, 6)
-        skel = nn.Sequential(nn.Conv2d(32, 32, 3, groups=groups))
-    lowbit.save(m, tmp_path / "m.lowbit")
-    back = lowbit.load(tmp_path / "m.lowbit", model=skel)
-    assert type(back[0]) is type(packed) and back[0].num_points == packed.num_points
-    assert same_state(packed, back[0])
-    with torch.no_grad():
-        assert torch.equal(m(x), back(x))
 
 
 @pytest.mark.parametrize("packed", [False, True])
