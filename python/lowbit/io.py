@@ -151,8 +151,8 @@ def _layer_meta(name: str, mod: QuantLayer | PackedLayer, methods: dict[str, str
     if isinstance(mod, MultipointMixin):  # point rows and wider rows: shapes and bit widths
         d.update(points=mod.num_points, point_bits=mod.point_bits, wide=int(mod.wide_channel.numel()),
                  wide_bits=mod.wide_bits, wide_scale_shape=list(mod.wide_scale.shape))
-    elif hasattr(mod, "point_channel"):  # packed multipoint: the point rows follow the N base rows
-        d["points"] = int(cast(Any, mod).num_points)
+    elif isinstance(mod, packed_multipoint_classes()):  # the point rows follow the N base rows
+        d["points"] = int(mod.num_points)
     if isinstance(mod, (QuantLinear, PackedLinear)):
         d["args"] = {"in_features": mod.in_features, "out_features": mod.out_features}
     elif isinstance(mod, (QuantEmbedding, PackedEmbedding)):
