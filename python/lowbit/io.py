@@ -400,15 +400,20 @@ def _build_layer(name: str, d: Any, tensors: dict[str, np.ndarray]) -> nn.Module
             mod = _LAYER_TYPES[kind](*geo, w_bits=w_bits, group_size=gs, codes=codes, scales=scales, zeros=zeros,
                                      bias=bias, act_quant=act, dynamic_act=bool(d.get("dynamic_act", False)))
             if packed_points:
-                channel = _tensor(tensors, f"{name}.point_channel", np.int32, (P,))
-                _need(bool(((channel >= 0) & (channel < N)).all()),
-                      f"layer '{name}': point channel out of range 0..{N - 1}")
-                cast(Any, mod)._setup_points(channel, N)
+                cast(Any, mod)._setup_points(_channels(tensors, f"{name}.point_channel", np.int32, P, N, name), N)
     except LowbitFileError:
         raise
     except (ValueError, TypeError) as e:
         raise LowbitFileError(f"layer '{name}': {e}") from None
     return mod
+
+
+def _channels(tensors: dict[str, np.ndarray], key: str, dtype: npt.DTypeLike, n: int, N: int, name: str) -> torch.Tensor:
+    """The n output-channel indices ``key`` (popped), each checked to lie in 0..N-1."""
+    c = _tensor(tensors, key, dtype, (n,))
+    what = key.rpartition(".")[2].replace("_", " ")
+    _need(bool(((c >= 0) & (c < N)).all()), f"layer '{name}': {what} out of range 0..{N - 1}")
+    return c
 
 
 def _stream(tensors: dict[str, np.ndarray], key: str, bits: int, rows: int, K: int) -> torch.Tensor:
@@ -428,10 +433,8 @@ def _load_points(name: str, mod: MultipointMixin, d: dict, tensors: dict[str, np
         bits[k] = b
     P, W = _int(d.get("points")), _int(d.get("wide"))
     key = f"{name}."
-    channel = _tensor(tensors, key + "point_channel", np.int64, (P,))
-    wide_channel = _tensor(tensors, key + "wide_channel", np.int64, (W,))
-    for what, c in (("point", channel), ("wide", wide_channel)):
-        _need(bool(((c >= 0) & (c < N)).all()), f"layer '{name}': {what} channel out of range 0..{N - 1}")
+    channel = _channels(tensors, key + "point_channel", np.int64, P, N, name)
+    wide_channel = _channels(tensors, key + "wide_channel", np.int64, W, N, name)
     mod.set_points(channel, _stream(tensors, key + "point_codes", bits["point_bits"], P, K),
                    _tensor(tensors, key + "point_scale", np.float32, (P, 1)),
                    _tensor(tensors, key + "point_zero", np.float32, (P, 1)), bits["point_bits"])

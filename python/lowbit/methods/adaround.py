@@ -398,6 +398,7 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
     data: _LayerData | None = None
     xs, ys = [], []
     n_samples = sum(bt.size for bt in batches)
+    conv = _conv_geometry(q) is not None
     with torch.no_grad():
         for b in batches:
             x, y, xq = _module_io(ctx, fp, q, b, q.quantize_input, fronts)
@@ -423,13 +424,12 @@ def _collect_layer(ctx: QuantContext, name: str, config: AdaRoundConfig, relu: b
             data.y_sq += float(target.double().pow(2).sum())
             if data.objective == "gram":
                 xq_c, x_c = xq.contiguous(), x.contiguous()
-                conv = _conv_geometry(q) is not None
                 H, C = data.gram()
                 calib.accumulate_gram(q, xq_c, H if conv else H[0])
                 calib.accumulate_gram(q, xq_c, C if conv else C[0], x2=x_c)
                 yb = y if bias is None else y - _bias_shape(bias, y)
                 data.c0 += float(yb.double().pow(2).sum())
-            elif _conv_geometry(q) is None:  # a Linear layer: each token is an entry (lengths vary by batch)
+            elif not conv:  # a Linear layer: each token is an entry (lengths vary by batch)
                 xs.append(xq.reshape(-1, 1, d))
                 ys.append(target.reshape(-1, 1, o))
             else:
