@@ -138,6 +138,8 @@ def test_save_load_round_trips_multipoint(tmp_path, form, kind, w_bits, a_bits, 
     lowbit.save(m, tmp_path / "m.lowbit")
     back = lowbit.load(tmp_path / "m.lowbit", model=skel)
     assert type(back[0]) is type(q) and back[0].num_points == q.num_points
+    if form == "fake_quant":  # (packed point rows are stored at the layer's w_bits)
+        assert back[0].point_bits == q.point_bits
     assert same_state(q, back[0])
     with torch.no_grad():
         assert torch.equal(m(x), back(x))
