@@ -309,9 +309,10 @@ def sec_n2uq(s: Section, quick: bool) -> None:
         args = ["--quick"]
         seeds, iters, epochs, images = ["0"], 50, 1, 1024
     else:
-        seeds, iters, epochs, images = ["0", "1", "2"], 200, 2, 4096
+        # two epochs of the whole training set, the (seed, bits) pairs in two single-thread processes
+        seeds, iters, epochs, images = ["0", "1", "2"], 200, 2, 60000
         args = ["--bits", "2", "3", "--seeds", *seeds, "--iters", str(iters), "--num-samples", "256", "--epochs",
-                str(epochs), "--train-images", str(images)]
+                str(epochs), "--train-images", str(images), "--jobs", "2"]
     out = s.run(["benchmarks/n2uq_fmnist.py", *args, "--out", "", "--json"])
     methods = {"qdrop": "QDrop (PTQ) %", "n2uq": "N2UQ (PTQ) %", "n2uq+ft": "N2UQ finetune [N2UQ] %",
                "frozen+ft": "thresholds frozen finetune [N2UQ] %", "lsq+ft": "LSQ-uniform finetune [QDrop] %"}

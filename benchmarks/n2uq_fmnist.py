@@ -10,7 +10,9 @@ distilled from the FP model), each started from a PTQ model above:
   - ``frozen+ft``: the same with the LTQ thresholds frozen (N2UQ's ablation), from ``n2uq``,
   - ``lsq+ft``: LSQ-uniform (weight and activation steps), from ``qdrop``.
 Finetune rows are QAT numbers, not post-training ones. Each finished run is appended to
-``--out`` (JSON lines) at once; ``--resume`` skips what is there.
+``--out`` (JSON lines) at once; ``--resume`` skips what is there. ``--jobs N`` runs the (seed,
+bits) pairs in N worker processes of ``--threads`` each (the rows are the same: every pair starts
+from its own seed; a pair's rows are appended when it finishes).
 
 Usage: ``python benchmarks/n2uq_fmnist.py --bits 2 3 --seeds 0 1 2``
 (``--quick``: 1 seed, W2A2, 50 iterations, 1024 training images, the quick task).
@@ -22,6 +24,8 @@ import argparse
 import json
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -86,6 +90,16 @@ def run_seed_bits(task, bits: int, seed: int, args, done: set, emit) -> None:
                     train_images=args.train_images, epoch_seconds=meta["epoch_seconds"]))
 
 
+def run_pair(seed: int, bits: int, args, done: set) -> tuple[float, list[dict]]:
+    """One (seed, bits) pair in a worker process: the FP accuracy and the pair's rows."""
+    torch.set_num_threads(args.threads)
+    lowbit.set_num_threads(args.threads)
+    task = load_task("fmnist-resnet", seed=seed, num_calib=args.num_samples, quick=args.quick)
+    rows: list[dict] = []
+    run_seed_bits(task, bits, seed, args, done, rows.append)
+    return task.evaluate(task.model)["metric"], rows
+
+
 def summarise(rows: list[dict], fp: float | None) -> str:
     lines = [f"FP32: {fp:.2f} %" if fp is not None else "", "",
              "| bits | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
@@ -118,7 +132,8 @@ def main() -> None:
     ap.add_argument("--ft-lr", type=float, default=1e-3)
     ap.add_argument("--ft-quantizer-lr", type=float, default=None,
                     help="finetune's quantizer_lr (thresholds, steps, clips); default: finetune's, ft-lr / 10")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="threads of each process")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes, one (seed, bits) pair each at a time")
     ap.add_argument("--out", help="JSON lines file the runs are appended to ('' for none)", default="n2uq_fmnist.jsonl")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object with the FP accuracy and every row")
@@ -141,12 +156,21 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     fp = None
-    for seed in args.seeds:
-        task = load_task("fmnist-resnet", seed=seed, num_calib=args.num_samples, quick=args.quick)
-        if fp is None:
-            fp = task.evaluate(task.model)["metric"]
-        for bits in args.bits:
-            run_seed_bits(task, bits, seed, args, done, emit)
+    if args.jobs > 1:
+        # spawn, not fork: a forked child would inherit torch's OpenMP pool in an unknown state
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            pairs = [pool.submit(run_pair, seed, bits, args, done) for seed in args.seeds for bits in args.bits]
+            for pair in pairs:  # in submission order, so the rows come out as a single process's do
+                fp, pair_rows = pair.result()
+                for row in pair_rows:
+                    emit(row)
+    else:
+        for seed in args.seeds:
+            task = load_task("fmnist-resnet", seed=seed, num_calib=args.num_samples, quick=args.quick)
+            if fp is None:
+                fp = task.evaluate(task.model)["metric"]
+            for bits in args.bits:
+                run_seed_bits(task, bits, seed, args, done, emit)
     print(summarise(rows, fp))
     if args.json:
         print(json.dumps({"fp": fp, "rows": rows}))
