@@ -7,8 +7,9 @@ import torch
 from lowbit import _native, reference
 
 BITS = [2, 3, 4, 5, 6, 7, 8]
-# (C, outer, inner): per tensor, conv-like (N*C, H*W), linear-like (M*C, 1), ragged sizes.
-LAYOUTS = [(1, 5, 13), (3, 4, 7), (5, 11, 1), (2, 1, 37)]
+# (C, outer, inner): per tensor, conv-like (N*C, H*W), linear-like (M*C, 1), ragged sizes, and rows
+# longer than the kernels' 256-element blocks, the last one ragged.
+LAYOUTS = [(1, 5, 13), (3, 4, 7), (5, 11, 1), (2, 1, 37), (2, 3, 300)]
 EPS = 1e-3
 
 
@@ -239,6 +240,11 @@ def test_bad_arguments_are_named():
         _native.border_quant_forward(np.full((6, 4), np.nan, np.float32), B, 2, scale=1.0, zero=0.0, tau=0.1, hard=True)
     with pytest.raises(ValueError, match="non-decreasing"):
         _native.threshold_quantize(x, np.float32([[0.0, 2.0, 1.0]]), 2)
+    x_nan = np.linspace(-1, 2, 6 * 300, dtype=np.float32).reshape(6, 300)
+    x_nan[4, 270] = np.nan  # in a row's last, ragged block
+    with pytest.raises(ValueError, match="ltq_backward: x contains NaN"):
+        _native.ltq_backward(x_nan, np.ones_like(x_nan), np.zeros(1, np.float32), np.full((1, 3), 0.5, np.float32),
+                             np.ones(1, np.float32), 2, out_scale=1.0, zero=0.0, a_min=1e-3, s1_min=1e-3)
     with pytest.raises(ValueError, match="a must have shape"):
         _native.ltq_forward(x, np.zeros(1, np.float32), np.ones((1, 4), np.float32), np.ones(1, np.float32), 2,
                             out_scale=1.0, zero=0.0, a_min=1e-3, s1_min=1e-3)

@@ -338,42 +338,82 @@ void ltq_backward(ConstMatrixView<float> x, ConstMatrixView<float> gy, const flo
   const int64_t stride = 3 * int64_t(n) + 1;
   std::vector<double> part(size_t(std::max<int64_t>(nu, 1) * stride), 0.0);
   std::vector<char> bad(size_t(std::max<int64_t>(nu, 1)), 0);
+  // d out / d x by segment, 0 outside [d_0, d_n): w[j] for j = #{segment ends d_k <= u}.
+  std::vector<float> w(size_t(p.C * (n + 2)), 0.0f);
+  for (int64_t c = 0; c < p.C; ++c)
+    for (int i = 0; i < n; ++i) w[size_t(c * (n + 2) + i + 1)] = (s2 / tb.a[c * n + i]) * tb.s1[c];
+  // A block of a row at a time: the code k and the segment index j of every element by
+  // compare-and-add (vectorises, as count_row); then the sums, each split over kLanes
+  // interleaved accumulators (element i of a block feeds lane i % kLanes) so that consecutive
+  // elements of one segment do not wait on each other's additions. Elements outside every
+  // segment add to a spare slot n. Lanes are summed in order: the result depends on the
+  // shape alone.
+  constexpr int kLanes = 4;
+  const int ns = n + 1;  // slots per sum: the n segments and the spare
   parallel_for(0, nu, U.grain(), [&](int64_t u0, int64_t u1) {
+    constexpr int64_t kBlock = 256;
+    float ub[kBlock];
+    int32_t kb[kBlock], jb[kBlock];
+    std::vector<double> acc(size_t(kLanes * (3 * ns + 1)));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t c = U.channel(u);
       const float* Dc = tb.D.data() + c * (n + 1);
       const float* Tc = tb.T.data() + c * n;
-      const float* ac = tb.a.data() + c * n;
+      const float* wc = w.data() + c * (n + 2);
       const float sc = tb.s1[c];
-      double* S = part.data() + u * stride;
-      double* M = S + n;
-      double* P = M + n;
-      double g2 = 0;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      bool nan = false;
       for (int64_t o = U.row_begin(u); o < U.row_end(u); ++o) {
         const int64_t r = o * U.C + c;
         const float* xr = x.row(r);
         const float* gr = gy.row(r);
         float* gxr = gx.row(r);
-        for (int64_t i = 0; i < x.cols; ++i) {
-          const float xv = xr[i], uv = sc * xv, g = gr[i];
-          if (uv != uv) {
-            bad[size_t(u)] = 1;
-            gxr[i] = 0.0f;
-            continue;
+        for (int64_t i0 = 0; i0 < x.cols; i0 += kBlock) {
+          const int64_t m = std::min(kBlock, x.cols - i0);
+          for (int64_t i = 0; i < m; ++i) ub[i] = sc * xr[i0 + i];
+          for (int64_t i = 0; i < m; ++i) nan |= ub[i] != ub[i];
+          if (n <= 15) {
+            for (int64_t i = 0; i < m; ++i) kb[i] = jb[i] = 0;
+            for (int k = 0; k < n; ++k) {
+              const float tk = Tc[k];
+              for (int64_t i = 0; i < m; ++i) kb[i] += ub[i] >= tk ? 1 : 0;
+            }
+            for (int k = 0; k <= n; ++k) {
+              const float dk = Dc[k];
+              for (int64_t i = 0; i < m; ++i) jb[i] += ub[i] >= dk ? 1 : 0;
+            }
+          } else {
+            for (int64_t i = 0; i < m; ++i) {
+              kb[i] = count_le(Tc, n, ub[i]);
+              jb[i] = int32_t(std::upper_bound(Dc, Dc + n + 1, ub[i]) - Dc);
+            }
           }
-          g2 += double(g) * double(float(count_le(Tc, n, uv)) - z);
-          // j = #{d_k <= u}: 0 below d_0, n + 1 at or above d_n, else segment j (1-based).
-          const int j = int(std::upper_bound(Dc, Dc + n + 1, uv) - Dc);
-          if (j == 0 || j == n + 1) {
-            gxr[i] = 0.0f;
-            continue;
+          for (int64_t i = 0; i < m; ++i) gxr[i0 + i] = gr[i0 + i] * wc[jb[i]];
+          for (int64_t i = 0; i < m; ++i) {
+            const double g = gr[i0 + i];
+            const int j = jb[i];
+            const int s = (j == 0 || j == n + 1) ? n : j - 1;
+            double* A = acc.data() + (i % kLanes) * (3 * ns + 1);
+            A[s] += g;                                     // S
+            A[ns + s] += g * double(ub[i] - Dc[s]);        // M
+            A[2 * ns + s] += g * double(xr[i0 + i]);       // P
+            A[3 * ns] += g * double(float(kb[i]) - z);     // the output-scale sum
           }
-          const int s = j - 1;  // 0-based segment
-          gxr[i] = ((g * s2) / ac[s]) * sc;
-          S[s] += double(g);
-          M[s] += double(g) * double(uv - Dc[s]);
-          P[s] += double(g) * double(xv);
         }
+      }
+      if (nan) bad[size_t(u)] = 1;
+      double* S = part.data() + u * stride;
+      double* M = S + n;
+      double* P = M + n;
+      double g2 = 0;
+      for (int l = 0; l < kLanes; ++l) {
+        const double* A = acc.data() + l * (3 * ns + 1);
+        for (int i = 0; i < n; ++i) {
+          S[i] += A[i];
+          M[i] += A[ns + i];
+          P[i] += A[2 * ns + i];
+        }
+        g2 += A[3 * ns];
       }
       part[size_t(u * stride + 3 * n)] = g2;
     }
