@@ -90,14 +90,14 @@ def run_seed_bits(task, bits: int, seed: int, args, done: set, emit) -> None:
                     train_images=args.train_images, epoch_seconds=meta["epoch_seconds"]))
 
 
-def run_pair(seed: int, bits: int, args, done: set) -> tuple[float, list[dict]]:
-    """One (seed, bits) pair in a worker process: the FP accuracy and the pair's rows."""
+def run_pair(seed: int, bits: int, args, done: set, with_fp: bool) -> tuple[float | None, list[dict]]:
+    """One (seed, bits) pair in a worker process: the pair's rows, and the FP accuracy if asked."""
     torch.set_num_threads(args.threads)
     lowbit.set_num_threads(args.threads)
     task = load_task("fmnist-resnet", seed=seed, num_calib=args.num_samples, quick=args.quick)
     rows: list[dict] = []
     run_seed_bits(task, bits, seed, args, done, rows.append)
-    return task.evaluate(task.model)["metric"], rows
+    return task.evaluate(task.model)["metric"] if with_fp else None, rows
 
 
 def summarise(rows: list[dict], fp: float | None) -> str:
@@ -159,9 +159,11 @@ def main() -> None:
     if args.jobs > 1:
         # spawn, not fork: a forked child would inherit torch's OpenMP pool in an unknown state
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            pairs = [pool.submit(run_pair, seed, bits, args, done) for seed in args.seeds for bits in args.bits]
+            grid = [(seed, bits) for seed in args.seeds for bits in args.bits]
+            pairs = [pool.submit(run_pair, seed, bits, args, done, i == 0) for i, (seed, bits) in enumerate(grid)]
             for pair in pairs:  # in submission order, so the rows come out as a single process's do
-                fp, pair_rows = pair.result()
+                pair_fp, pair_rows = pair.result()
+                fp = pair_fp if fp is None else fp
                 for row in pair_rows:
                     emit(row)
     else:
