@@ -342,8 +342,8 @@ void ltq_backward(ConstMatrixView<float> x, ConstMatrixView<float> gy, const flo
   std::vector<float> w(size_t(p.C * (n + 2)), 0.0f);
   for (int64_t c = 0; c < p.C; ++c)
     for (int i = 0; i < n; ++i) w[size_t(c * (n + 2) + i + 1)] = (s2 / tb.a[c * n + i]) * tb.s1[c];
-  // A block of a row at a time: the code k and the segment index j of every element by
-  // compare-and-add (vectorises, as count_row); then the sums, each split over kLanes
+  // A block of a row at a time: the code k of every element (count_row) and its segment index j
+  // by compare-and-add (vectorises); then the sums, each split over kLanes
   // interleaved accumulators (element i of a block feeds lane i % kLanes) so that consecutive
   // elements of one segment do not wait on each other's additions. Elements outside every
   // segment add to a spare slot n. Lanes are summed in order: the result depends on the
@@ -372,21 +372,16 @@ void ltq_backward(ConstMatrixView<float> x, ConstMatrixView<float> gy, const flo
           const int64_t m = std::min(kBlock, x.cols - i0);
           for (int64_t i = 0; i < m; ++i) ub[i] = sc * xr[i0 + i];
           for (int64_t i = 0; i < m; ++i) nan |= ub[i] != ub[i];
+          count_row(Tc, n, xr + i0, sc, m, kb);  // the output codes, as ltq_forward's
+          // n + 1 = 2^b segment ends: not count_le's 2^b - 1, so std::upper_bound above 4 bits
           if (n <= 15) {
-            for (int64_t i = 0; i < m; ++i) kb[i] = jb[i] = 0;
-            for (int k = 0; k < n; ++k) {
-              const float tk = Tc[k];
-              for (int64_t i = 0; i < m; ++i) kb[i] += ub[i] >= tk ? 1 : 0;
-            }
+            for (int64_t i = 0; i < m; ++i) jb[i] = 0;
             for (int k = 0; k <= n; ++k) {
               const float dk = Dc[k];
               for (int64_t i = 0; i < m; ++i) jb[i] += ub[i] >= dk ? 1 : 0;
             }
           } else {
-            for (int64_t i = 0; i < m; ++i) {
-              kb[i] = count_le(Tc, n, ub[i]);
-              jb[i] = int32_t(std::upper_bound(Dc, Dc + n + 1, ub[i]) - Dc);
-            }
+            for (int64_t i = 0; i < m; ++i) jb[i] = int32_t(std::upper_bound(Dc, Dc + n + 1, ub[i]) - Dc);
           }
           for (int64_t i = 0; i < m; ++i) gxr[i0 + i] = gr[i0 + i] * wc[jb[i]];
           for (int64_t i = 0; i < m; ++i) {
