@@ -31,6 +31,8 @@ py::dict result_dict(const IQPResult& r) {
   d["warm_objective"] = r.warm_objective;
   d["root_bound"] = r.root_bound;
   d["relaxation"] = r.relaxation;
+  d["neighbourhoods"] = r.neighbourhoods;
+  d["neighbourhood_improvements"] = r.neighbourhood_improvements;
   return d;
 }
 

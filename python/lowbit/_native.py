@@ -254,8 +254,9 @@ def solve_iqp(
     G is used in float32, the budget rows A (m, n) and b (m,) in float64.
 
     Returns (choice (L,) int32, info) with info = {status: "optimal" | "time_limit" |
-    "node_limit" | "infeasible", objective, bound, gap, nodes, seconds, warm_objective};
-    choice is -1 everywhere when no feasible configuration was found (see iqp.h).
+    "node_limit" | "infeasible", objective, bound, gap, nodes, seconds, warm_objective,
+    root_bound, relaxation, neighbourhoods, neighbourhood_improvements}; choice is -1
+    everywhere when no feasible configuration was found (see iqp.h).
     """
     g, sz, a, bb = _iqp_arrays(G, sizes, A, b)
     choice = np.empty(sz.shape[0], np.int32)

@@ -31,7 +31,10 @@
 //    Newton's method on a soft-min smoothing, every evaluated point a valid bound;
 //  - reduced-cost fixing from that bound, branching on the most fractional layer, best-first
 //    node order, rounding + local search at the nodes (pair and compound moves for roundings
-//    near the incumbent, the compound ones within a share of the time).
+//    near the incumbent, the compound ones within a share of the time);
+//  - late in the time limit, when the search has closed less than half the root gap: reduced-
+//    cost neighbourhoods, sub-problems of the choices whose root reduced costs are a small
+//    fraction of the incumbent's gap, solved by the same solver from the incumbent.
 // Single-threaded and deterministic apart from where the time limit falls; the local-search
 // restarts run through parallel_for and are reduced in restart order, so the result does
 // not depend on the thread count.
@@ -79,6 +82,8 @@ struct IQPResult {
   double warm_objective = 0;  // best local-search objective before branching (+inf: none)
   double root_bound = 0;      // lower bound from the root relaxation alone
   const char* relaxation = "";  // convexification kept: uniform / scaled / completion / lowrank-dual / none
+  int64_t neighbourhoods = 0;              // reduced-cost neighbourhood sub-problems solved
+  int64_t neighbourhood_improvements = 0;  // ... that improved the incumbent
 };
 
 // Throws std::invalid_argument naming what is wrong (sizes, shapes, non-finite values).

@@ -34,8 +34,11 @@
 // relaxed point leans to is solved next, until a prune), branching on the layer whose
 // relaxed block is most fractional, one child per remaining choice. Incumbents come from the
 // warm start (greedy + 1-opt / 2-opt local search + compound moves, with perturbation
-// restarts) and from rounding every node's relaxed point followed by a repair and 1-opt (and
-// 2-opt when that lands within 10 % of the incumbent, compound moves within 3 %).
+// restarts), from rounding every node's relaxed point followed by a repair and 1-opt (and
+// 2-opt when that lands within 10 % of the incumbent, compound moves within 3 %), and, when
+// the search is far from a proof late in the time limit, from reduced-cost neighbourhoods:
+// sub-problems of the layers whose root reduced costs leave them a choice, solved by this
+// same solver (see solve_impl).
 #include <Eigen/Dense>
 #include <algorithm>
 #include <chrono>
@@ -151,6 +154,13 @@ constexpr double kPolishRel = 0.1;
 // elapsed time (they cost 5-20 ms each on 100 x 4; unbounded they delay proofs).
 constexpr double kCompoundRel = 0.03;
 constexpr double kCompoundShare = 0.2;
+// Reduced-cost neighbourhoods (solve_impl): at kNeighbourhoodAt of the time limit, when the
+// search has closed less than kNeighbourhoodGate of the root gap, one sub-problem per fraction
+// of the incumbent's gap to the root bound, each given kNeighbourhoodShare of the time limit.
+constexpr double kNeighbourhoodAt = 0.5;
+constexpr double kNeighbourhoodGate = 0.5;
+constexpr double kNeighbourhoodShare = 0.09;
+constexpr double kNeighbourhoodFractions[] = {0.05, 0.1, 0.2, 0.3, 0.4};
 
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -1105,10 +1115,12 @@ Completion complete_low_rank(const Data& D, const Deadline& dl, double budget_s)
   return comp;
 }
 
-std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp);
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp,
+                                    bool lowrank_only);
 
-std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp) {
-  std::vector<Shift> out = candidate_shifts(D, dl, budget_s, comp);
+std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp,
+                               bool lowrank_only) {
+  std::vector<Shift> out = candidate_shifts(D, dl, budget_s, comp, lowrank_only);
   const Eigen::MatrixXd Z = tangent_basis(D);
   for (size_t k = 0; k < out.size(); ++k) {
     if (k > 0 && dl.passed()) {  // out of time: keep the candidates that have a metric
@@ -1120,7 +1132,8 @@ std::vector<Shift> make_shifts(const Data& D, const Deadline& dl, double budget_
   return out;
 }
 
-std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp) {
+std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double budget_s, const Completion& comp,
+                                    bool lowrank_only) {
   const auto t0 = Clock::now();
   const int64_t n = D.n, L = D.L, nt = n - L;
   std::vector<Shift> out;
@@ -1176,6 +1189,12 @@ std::vector<Shift> candidate_shifts(const Data& D, const Deadline& dl, double bu
     }
     return uniform(B, kind).first;
   };
+  // Beside the low-rank dual only the exact completion's own shift is wanted (it decides the
+  // nodes the factor's float residual keeps open): the other candidates cost 4x the time.
+  if (lowrank_only && comp.rank > 0) {
+    out.push_back(uniform(comp.B, "lowrank").first);
+    return out;
+  }
   const Eigen::MatrixXd B0 = Eigen::MatrixXd::Zero(n, n);
   auto [su, lmin] = uniform(B0, "uniform");
   out.push_back(std::move(su));
@@ -1870,8 +1889,11 @@ ChainOutcome chain_bnb(const Data& D, int w, const IQPOptions& opt, const Deadli
 
 }  // namespace
 
-IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice) {
-  check_iqp_problem(p);
+namespace {
+
+// solve_iqp, from the configuration `start` (L,) when given; `nested` marks the sub-problems of
+// the reduced-cost neighbourhoods, which search none of their own.
+IQPResult solve_impl(const IQPProblem& p, const IQPOptions& opt, const int32_t* start, bool nested, int32_t* choice) {
   LOWBIT_CHECK(opt.time_limit > 0 && std::isfinite(opt.time_limit),
                "time_limit must be a positive number of seconds, got " << opt.time_limit);
   LOWBIT_CHECK(opt.node_limit >= 1, "node_limit must be >= 1, got " << opt.node_limit);
@@ -1897,6 +1919,10 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   };
   {
     Search s(D);
+    if (start) {
+      s.assign(start);
+      offer(s);
+    }
     std::vector<int32_t> c0(L);
     // (a) cheapest configuration (normalised budget use; ties by the diagonal), upgraded.
     for (int64_t l = 0; l < L; ++l) {
@@ -2057,7 +2083,7 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
   const char* qp_kind = "";
   auto qp_relaxation = [&]() -> Relaxation& {
     if (qp) return *qp;
-    shifts = make_shifts(D, dl, shift_budget_s, comp);
+    shifts = make_shifts(D, dl, shift_budget_s, comp, dual != nullptr);
     NodeResult best_root;
     for (size_t k = 0; k < shifts.size(); ++k) {
       auto r = std::make_unique<Relaxation>(D, shifts[k]);
@@ -2232,9 +2258,97 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
     }
   };
 
+  // Reduced-cost neighbourhoods. A configuration costs at least the root bound plus the sum of
+  // its choices' root reduced costs, so one that beats the incumbent takes only choices whose
+  // reduced cost is below the incumbent's gap to the root bound, most of them far below. The
+  // sub-problem keeps per layer the incumbent's choice and the choices below a fraction of that
+  // gap; layers left with one choice are fixed (their products with the rest folded into the
+  // diagonal, their costs into the budget) and this solver runs on the others, from the
+  // incumbent, for kNeighbourhoodShare of the time limit. The fractions grow, each from the best
+  // configuration so far. On CLADO-like instances a better configuration often differs in a
+  // dozen layers at once, which the node roundings reach only deep in the tree. Run once, when
+  // the search is far from a proof; the branch and bound goes on afterwards.
+  std::vector<double> root_rc(D.n, kInf);  // per variable; +inf where the root layout has none
+  if (!root.infeasible && !root.pruned)
+    for (size_t j = 0; j < root_layout->vars.size(); ++j) root_rc[root_layout->vars[j]] = root.rc[j];
+  const double root_lb = res.root_bound;
+  auto neighbourhoods = [&]() {
+    for (const double frac : kNeighbourhoodFractions) {
+      const double left = std::chrono::duration<double>(dl.end - Clock::now()).count();
+      if (!(left > 0)) return;
+      const double thr = frac * (best_obj - root_lb);
+      std::vector<int64_t> vars, fixed;  // the sub-problem's variables; the fixed layers' choices
+      std::vector<int32_t> sub_sizes, sub_start;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t inc = D.start[l] + best[l];
+        const size_t first = vars.size();
+        for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i)
+          if (i == inc || root_rc[i] < thr) vars.push_back(i);
+        if (vars.size() - first == 1) {
+          vars.pop_back();
+          fixed.push_back(inc);
+        } else {
+          sub_sizes.push_back(int32_t(vars.size() - first));
+          sub_start.push_back(int32_t(std::find(vars.begin() + int64_t(first), vars.end(), inc) - vars.begin() - int64_t(first)));
+        }
+      }
+      if (sub_sizes.size() < 2) continue;
+      const int64_t nf = int64_t(vars.size());
+      std::vector<float> g(nf * nf);
+      for (int64_t a = 0; a < nf; ++a) {
+        for (int64_t c = 0; c < nf; ++c)
+          g[a * nf + c] = float(0.5 * (double(p.G(vars[a], vars[c])) + double(p.G(vars[c], vars[a]))));
+        double fold = 0;  // products with the fixed choices: linear on one-hot points
+        for (const int64_t f : fixed) fold += D.W[vars[a] * D.n + f];
+        g[a * nf + a] = float(double(g[a * nf + a]) + 2.0 * fold);
+      }
+      std::vector<double> sub_a(D.m * nf), sub_b(D.m);
+      for (int64_t r = 0; r < D.m; ++r) {
+        for (int64_t a = 0; a < nf; ++a) sub_a[r * nf + a] = double(p.A(r, vars[a]));
+        sub_b[r] = double(p.b[r]);
+        for (const int64_t f : fixed) sub_b[r] -= double(p.A(r, f));
+      }
+      IQPProblem sub;
+      sub.G = ConstMatrixView<float>(g.data(), nf, nf);
+      sub.sizes = sub_sizes.data();
+      sub.L = int64_t(sub_sizes.size());
+      sub.A = ConstMatrixView<double>(sub_a.data(), D.m, nf);
+      sub.b = sub_b.data();
+      IQPOptions so = opt;
+      so.time_limit = std::min(kNeighbourhoodShare * opt.time_limit, left);
+      std::vector<int32_t> sub_choice(sub.L);
+      solve_impl(sub, so, sub_start.data(), true, sub_choice.data());
+      ++res.neighbourhoods;
+      if (sub_choice[0] < 0) continue;
+      // Back to the full configuration, priced on the full problem (the fold is in float).
+      for (int64_t a = 0, k = 0; a < nf; ++k) {
+        const int64_t l = D.layer[vars[a]];
+        cand[l] = int32_t(vars[a + sub_choice[k]] - D.start[l]);
+        a += sub_sizes[k];
+      }
+      for (const int64_t f : fixed) cand[D.layer[f]] = int32_t(f - D.start[D.layer[f]]);
+      rs.assign(cand.data());
+      if (rs.feasible() && rs.obj < best_obj - D.eps) {
+        best_obj = rs.obj;
+        best = rs.c;
+        ++res.neighbourhood_improvements;
+      }
+    }
+  };
+  bool neighbourhoods_due = !nested && std::isfinite(root_lb);
+  const auto neighbourhoods_at =
+      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kNeighbourhoodAt * opt.time_limit));
+
   expand(root_mask, root, root_inherited, *root_layout,
          root_dual.empty() ? nullptr : std::make_shared<const std::vector<double>>(root_dual));
   while (!queue.empty()) {
+    if (neighbourhoods_due && Clock::now() >= neighbourhoods_at && std::isfinite(best_obj)) {
+      neighbourhoods_due = false;
+      double lb = closed_lb;  // the search's bound: every open node (the top may be a dive)
+      for (auto q = queue; !q.empty(); q.pop()) lb = std::min(lb, q.top().lb);
+      if (lb - root_lb < kNeighbourhoodGate * (best_obj - root_lb)) neighbourhoods();
+      continue;  // the incumbent may have moved: the cutoff test first
+    }
     if (queue.top().lb >= cutoff_of(best_obj)) {
       discard(queue.top().lb);
       queue.pop();
@@ -2317,6 +2431,13 @@ IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice)
                                         : IQPStatus::kNodeLimit;
   if (res.status == IQPStatus::kOptimal) res.bound = std::min(res.bound, res.objective);
   return res;
+}
+
+}  // namespace
+
+IQPResult solve_iqp(const IQPProblem& p, const IQPOptions& opt, int32_t* choice) {
+  check_iqp_problem(p);
+  return solve_impl(p, opt, nullptr, false, choice);
 }
 
 }  // namespace lowbit
