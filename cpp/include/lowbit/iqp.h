@@ -32,7 +32,7 @@
 //  - reduced-cost fixing from that bound, branching on the most fractional layer, best-first
 //    node order, rounding + local search at the nodes (pair and compound moves for roundings
 //    near the incumbent, the compound ones within a share of the time);
-//  - late in the time limit, when the search has closed less than half the root gap: reduced-
+//  - from half the time limit, when the search has closed less than half the root gap: reduced-
 //    cost neighbourhoods, sub-problems of the choices whose root reduced costs are a small
 //    fraction of the incumbent's gap, solved by the same solver from the incumbent.
 // Single-threaded and deterministic apart from where the time limit falls; the local-search

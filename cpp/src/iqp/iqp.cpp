@@ -36,7 +36,7 @@
 // warm start (greedy + 1-opt / 2-opt local search + compound moves, with perturbation
 // restarts), from rounding every node's relaxed point followed by a repair and 1-opt (and
 // 2-opt when that lands within 10 % of the incumbent, compound moves within 3 %), and, when
-// the search is far from a proof late in the time limit, from reduced-cost neighbourhoods:
+// the search is far from a proof at half the time limit, from reduced-cost neighbourhoods:
 // sub-problems of the layers whose root reduced costs leave them a choice, solved by this
 // same solver (see solve_impl).
 #include <Eigen/Dense>
