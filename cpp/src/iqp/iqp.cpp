@@ -2282,14 +2282,17 @@ IQPResult solve_impl(const IQPProblem& p, const IQPOptions& opt, const int32_t* 
       for (int64_t l = 0; l < L; ++l) {
         const int64_t inc = D.start[l] + best[l];
         const size_t first = vars.size();
-        for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i)
+        int32_t at_inc = 0;  // the incumbent's position among the kept choices
+        for (int64_t i = D.start[l]; i < D.start[l + 1]; ++i) {
+          if (i == inc) at_inc = int32_t(vars.size() - first);
           if (i == inc || root_rc[i] < thr) vars.push_back(i);
+        }
         if (vars.size() - first == 1) {
           vars.pop_back();
           fixed.push_back(inc);
         } else {
           sub_sizes.push_back(int32_t(vars.size() - first));
-          sub_start.push_back(int32_t(std::find(vars.begin() + int64_t(first), vars.end(), inc) - vars.begin() - int64_t(first)));
+          sub_start.push_back(at_inc);
         }
       }
       if (sub_sizes.size() < 2) continue;
@@ -2335,6 +2338,12 @@ IQPResult solve_impl(const IQPProblem& p, const IQPOptions& opt, const int32_t* 
       }
     }
   };
+  // The search's bound: everything discarded and every open node (the top may be a dive).
+  auto search_bound = [&]() {
+    double lb = closed_lb;
+    for (auto q = queue; !q.empty(); q.pop()) lb = std::min(lb, q.top().lb);
+    return lb;
+  };
   bool neighbourhoods_due = !nested && std::isfinite(root_lb);
   const auto neighbourhoods_at =
       t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(kNeighbourhoodAt * opt.time_limit));
@@ -2344,9 +2353,7 @@ IQPResult solve_impl(const IQPProblem& p, const IQPOptions& opt, const int32_t* 
   while (!queue.empty()) {
     if (neighbourhoods_due && Clock::now() >= neighbourhoods_at && std::isfinite(best_obj)) {
       neighbourhoods_due = false;
-      double lb = closed_lb;  // the search's bound: every open node (the top may be a dive)
-      for (auto q = queue; !q.empty(); q.pop()) lb = std::min(lb, q.top().lb);
-      if (lb - root_lb < kNeighbourhoodGate * (best_obj - root_lb)) neighbourhoods();
+      if (search_bound() - root_lb < kNeighbourhoodGate * (best_obj - root_lb)) neighbourhoods();
       continue;  // the incumbent may have moved: the cutoff test first
     }
     if (queue.top().lb >= cutoff_of(best_obj)) {
@@ -2400,8 +2407,7 @@ IQPResult solve_impl(const IQPProblem& p, const IQPOptions& opt, const int32_t* 
   }
 
   // ---- result -------------------------------------------------------------------------------
-  double lb = closed_lb;
-  for (; !queue.empty(); queue.pop()) lb = std::min(lb, queue.top().lb);  // (the top may be a dive)
+  double lb = search_bound();
   res.nodes = nodes;
   res.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!std::isfinite(best_obj)) {
